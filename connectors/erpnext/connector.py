@@ -1,0 +1,247 @@
+"""ERPNext connector: lists Payment Entries by `(modified, name)`, GETs each for its references.
+
+* Query: `docstatus in (1, 2)`, `payment_type = Receive`, `party_type = Customer`, ordered
+  `modified asc, name asc` (Frappe has NO default order on the REST list), an explicit page
+  size, keyset paging `modified >= m AND (modified > m OR name > n)` until a short page.
+* `modified` is naive local time in the site's zone with an optional fraction; it is
+  normalised to aware UTC here and never compared as text.
+* A row the ledger already decided at the same `modified|docstatus` is yielded as
+  `Unchanged` without a GET, so an idle poll costs list calls only.
+* Documents carrying `custom_zensbot_payment_id` / `zensbot_payment_id` came from the LMS;
+  they are yielded with `origin_marker` set and the engine skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import date, datetime
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from connectors.erpnext._http import FrappeHTTP
+from sync.connector import SourceContext
+from sync.errors import ConflictError
+from sync.events import FeeEvent, Malformed, PaymentCancelled, PaymentReceived, Position, Reference, Unchanged
+from sync.money import to_decimal
+from sync.times import format_naive_local, parse_naive_local, zone
+
+PE = "Payment Entry"
+
+
+class ERPNextSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    api_key: SecretStr
+    api_secret: SecretStr
+    site_time_zone: str = "Asia/Karachi"
+    host_header: str | None = None
+    page_size: int = Field(100, ge=1, le=1000)
+    timeout_seconds: float = Field(30.0, gt=0)
+    max_attempts: int = Field(4, ge=1, le=10)
+    max_retry_seconds: float = Field(60.0, gt=0)
+    origin_fields: list[str] = Field(default_factory=lambda: ["custom_zensbot_payment_id", "zensbot_payment_id"])
+    plan_id_field: str = "custom_zensbot_fee_plan_id"
+
+    @field_validator("site_time_zone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        zone(v)
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+def _resource(doctype: str, name: str | None = None) -> str:
+    path = f"/api/resource/{quote(doctype)}"
+    return f"{path}/{quote(name, safe='')}" if name is not None else path
+
+
+class ERPNextConnector:
+    name: ClassVar[str] = "erpnext"
+    settings_model: ClassVar[type[BaseModel]] = ERPNextSettings
+    ordered: ClassVar[bool] = True
+
+    def __init__(self, settings: ERPNextSettings, *, transport: Any = None,
+                 stop_event: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.tz = zone(settings.site_time_zone)
+        self.http = FrappeHTTP(
+            url=settings.url, api_key=settings.api_key.get_secret_value(),
+            api_secret=settings.api_secret.get_secret_value(), timeout=settings.timeout_seconds,
+            max_attempts=settings.max_attempts, max_seconds=settings.max_retry_seconds,
+            host_header=settings.host_header, transport=transport, stop_event=stop_event)
+        self._customers: dict[str, dict[str, Any]] = {}
+        self._invoices: dict[str, dict[str, Any] | None] = {}
+
+    # --- contract ----------------------------------------------------------------------------
+    def server_now(self) -> datetime | None:
+        if self.http.server_now is None:
+            self.http.get("/api/method/frappe.auth.get_logged_user")
+        return self.http.server_now
+
+    def close(self) -> None:
+        self.http.close()
+
+    def probe(self) -> list[str]:
+        """Reach the site and run one list call of the real query shape; returns problems."""
+        try:
+            self.http.get("/api/method/frappe.auth.get_logged_user")
+            self.http.get(_resource(PE), self._list_params(None, None, limit=1))
+        except Exception as exc:  # noqa: BLE001 - `check` reports every failure as text
+            return [f"erpnext {self.settings.url}: {type(exc).__name__}: {exc}"]
+        return []
+
+    def fetch(self, since: Position | None, ctx: SourceContext, until: datetime | None = None) -> Iterator[FeeEvent]:
+        self._customers.clear()
+        self._invoices.clear()
+        after: Position | None = since
+        while True:
+            body = self.http.get(_resource(PE), self._list_params(after, until))
+            rows = body.get("data")
+            if not isinstance(rows, list):
+                rows = []
+            for row in rows:
+                event = self._event_for(row, ctx)
+                if event is not None:
+                    after = event.position
+                    yield event
+            if len(rows) < self.settings.page_size:
+                return
+
+    # --- listing -----------------------------------------------------------------------------
+    def _list_params(self, after: Position | None, until: datetime | None, limit: int | None = None) -> dict[str, str]:
+        filters: list[list[Any]] = [["docstatus", "in", [1, 2]], ["payment_type", "=", "Receive"],
+                                    ["party_type", "=", "Customer"]]
+        or_filters: list[list[Any]] = []
+        if after is not None:
+            m = format_naive_local(after.changed_at, self.tz)
+            filters.append(["modified", ">=", m])
+            if after.doc_id:
+                or_filters = [["modified", ">", m], ["name", ">", after.doc_id]]
+        if until is not None:
+            filters.append(["modified", "<", format_naive_local(until, self.tz)])
+        params = {
+            "fields": json.dumps(["name", "modified", "docstatus"]),
+            "filters": json.dumps(filters),
+            "order_by": "modified asc, name asc",
+            "limit_start": "0",
+            "limit_page_length": str(limit or self.settings.page_size),
+        }
+        if or_filters:
+            params["or_filters"] = json.dumps(or_filters)
+        return params
+
+    def _event_for(self, row: Any, ctx: SourceContext) -> FeeEvent | None:
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            return None
+        name = row["name"]
+        try:
+            changed = parse_naive_local(str(row.get("modified", "")), self.tz)
+        except ValueError:
+            return None   # cannot place it on the cursor; a row without a modified is not a document
+        docstatus = row.get("docstatus")
+        version = f"{row.get('modified')}|{docstatus}"
+        pos = Position(changed, name)
+        if ctx.seen(name, version):
+            return Unchanged(doc_id=name, position=pos, version=version)
+        try:
+            doc = self.http.get(_resource(PE, name)).get("data")
+        except LookupError:
+            return None   # deleted between list and GET; the reconcile pass reports deletions
+        if not isinstance(doc, dict):
+            return Malformed(doc_id=name, position=pos, version=version, problem="single GET returned no document")
+        try:
+            return self._normalise(doc, pos, version)
+        except ConflictError as exc:
+            return Malformed(doc_id=name, position=pos, version=version, problem=exc.detail, raw=doc)
+        except (KeyError, TypeError, ValueError) as exc:
+            return Malformed(doc_id=name, position=pos, version=version,
+                             problem=f"{type(exc).__name__}: {exc}", raw=doc)
+
+    # --- normalising -------------------------------------------------------------------------
+    def _normalise(self, doc: dict[str, Any], pos: Position, version: str) -> FeeEvent:
+        name = doc["name"]
+        docstatus = doc.get("docstatus")
+        if docstatus == 2:
+            return PaymentCancelled(doc_id=name, position=pos, version=version, amended_from=doc.get("amended_from"))
+        if docstatus != 1:
+            raise ConflictError("malformed_document", f"unexpected docstatus {docstatus!r}", definitive=False)
+        origin = next((str(doc[f]) for f in self.settings.origin_fields if doc.get(f)), None)
+        party = doc.get("party")
+        if not isinstance(party, str) or not party:
+            raise ConflictError("malformed_document", "party (customer) is missing", definitive=False)
+        currency = doc.get("paid_from_account_currency") or doc.get("party_account_currency")
+        if not isinstance(currency, str) or not currency:
+            raise ConflictError("malformed_document", "paid_from_account_currency is missing", definitive=False)
+        amount = to_decimal(doc.get("paid_amount"), field="paid_amount")
+        try:
+            posting = date.fromisoformat(str(doc.get("posting_date")))
+        except ValueError:
+            raise ConflictError("malformed_document", f"posting_date {doc.get('posting_date')!r} is not a date",
+                                definitive=False) from None
+        refs = []
+        raw_refs = doc.get("references") or []
+        if not isinstance(raw_refs, list):
+            raise ConflictError("malformed_document", "references is not a list", definitive=False)
+        if origin is None:
+            for r in sorted(raw_refs, key=lambda r: r.get("idx", 0) if isinstance(r, dict) else 0):
+                if not isinstance(r, dict):
+                    continue
+                refs.append(self._reference(r))
+        unallocated = to_decimal(doc.get("unallocated_amount", 0) or 0, field="unallocated_amount")
+        email = None
+        if origin is None:
+            email = self._customer(party).get("email_id")
+        return PaymentReceived(
+            doc_id=name, position=pos, version=version, customer=party, customer_email=email,
+            amount=amount, currency=currency, posting_date=posting, method=doc.get("mode_of_payment"),
+            reference_number=doc.get("reference_no"), references=tuple(refs), unallocated=unallocated,
+            amended_from=doc.get("amended_from"), origin_marker=origin, raw=doc)
+
+    def _reference(self, r: dict[str, Any]) -> Reference:
+        doctype = str(r.get("reference_doctype") or "")
+        inv_name = r.get("reference_name")
+        amount = to_decimal(r.get("allocated_amount"), field="references.allocated_amount")
+        term = r.get("payment_term") or None
+        index = None
+        plan_id = None
+        if doctype == "Sales Invoice" and isinstance(inv_name, str):
+            inv = self._invoice(inv_name)
+            if inv is not None:
+                plan_id = inv.get(self.settings.plan_id_field) or None
+                if term:
+                    terms = [row.get("payment_term") for row in inv.get("payment_schedule") or []
+                             if isinstance(row, dict)]
+                    if term in terms:
+                        index = terms.index(term) + 1
+        return Reference(invoice_id=inv_name if isinstance(inv_name, str) else None, amount=amount,
+                         installment_term=term, installment_index=index, doctype=doctype,
+                         lms_plan_id=str(plan_id) if plan_id else None)
+
+    def _customer(self, name: str) -> dict[str, Any]:
+        if name not in self._customers:
+            try:
+                data = self.http.get(_resource("Customer", name)).get("data")
+            except LookupError:
+                data = None
+            self._customers[name] = data if isinstance(data, dict) else {}
+        return self._customers[name]
+
+    def _invoice(self, name: str) -> dict[str, Any] | None:
+        if name not in self._invoices:
+            try:
+                data = self.http.get(_resource("Sales Invoice", name)).get("data")
+            except LookupError:
+                data = None
+            self._invoices[name] = data if isinstance(data, dict) else None
+        return self._invoices[name]

@@ -1,0 +1,132 @@
+"""CSV drop-folder connector.
+
+One row per receipt, header required (see README "CSV format"):
+`document_id, date, student, amount, currency, method, reference_number, invoice`
+(`email` optional). `student` is the ERP customer / student code; an e-mail there (or in `email`)
+is used for matching LMS students. `invoice` may name an ERP invoice (mapped via
+`mapping.invoices`) or `plan:<LMS plan id>`. Each file is processed once, by the SHA-256 of its
+content; a malformed row becomes a conflict naming file and row, the other rows go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import threading
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sync.connector import SourceContext
+from sync.errors import ConflictError, SourceError
+from sync.events import FeeEvent, Malformed, PaymentReceived, Position, Reference, Unchanged
+from sync.money import to_decimal
+
+COLUMNS = ("document_id", "date", "student", "amount", "currency", "method", "reference_number", "invoice")
+REQUIRED = ("document_id", "date", "student", "amount", "currency")
+
+
+class FileSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    folder: str
+    pattern: str = "*.csv"
+    encoding: str = "utf-8-sig"
+    delimiter: str = ","
+    max_file_bytes: int = Field(50_000_000, ge=1)
+
+
+class FileConnector:
+    name: ClassVar[str] = "files"
+    settings_model: ClassVar[type[BaseModel]] = FileSettings
+    ordered: ClassVar[bool] = False
+
+    def __init__(self, settings: FileSettings, *, transport: Any = None,
+                 stop_event: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.folder = Path(settings.folder)
+
+    def server_now(self) -> datetime | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def probe(self) -> list[str]:
+        if not self.folder.is_dir():
+            return [f"files: folder {str(self.folder)!r} does not exist"]
+        return []
+
+    def fetch(self, since: Position | None, ctx: SourceContext, until: datetime | None = None) -> Iterator[FeeEvent]:
+        if not self.folder.is_dir():
+            raise SourceError(f"drop folder {str(self.folder)!r} does not exist")
+        for path in sorted(self.folder.glob(self.settings.pattern)):
+            if not path.is_file() or path.stat().st_size > self.settings.max_file_bytes:
+                continue
+            content = path.read_bytes()
+            digest = hashlib.sha256(content).hexdigest()
+            if ctx.recall(f"file:{digest}") == "done":
+                continue
+            mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            yield from self._rows(path, content, digest, mtime, ctx)
+            ctx.remember(f"file:{digest}", "done")   # reached only when every row was handed over
+
+    def _rows(self, path: Path, content: bytes, digest: str, mtime: datetime,
+              ctx: SourceContext) -> Iterator[FeeEvent]:
+        try:
+            text = content.decode(self.settings.encoding)
+        except UnicodeDecodeError as exc:
+            yield Malformed(doc_id=f"{path.name}", position=Position(mtime, path.name), version=digest,
+                            problem=f"file {path.name} is not {self.settings.encoding}: {exc.reason}",
+                            location=path.name)
+            return
+        reader = csv.DictReader(io.StringIO(text), delimiter=self.settings.delimiter)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            yield Malformed(doc_id=path.name, position=Position(mtime, path.name), version=digest,
+                            problem=f"file {path.name}: header lacks {', '.join(missing)}", location=path.name)
+            return
+        for line_no, raw in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if isinstance(v, str) or v is None}
+            doc_id = row.get("document_id") or f"{path.name}:{line_no}"
+            version = hashlib.sha256(repr(sorted(row.items())).encode()).hexdigest()[:24]
+            pos = Position(mtime, doc_id)
+            if ctx.seen(doc_id, version):
+                yield Unchanged(doc_id=doc_id, position=pos, version=version)
+                continue
+            try:
+                yield self._event(row, doc_id, pos, version)
+            except ConflictError as exc:
+                yield Malformed(doc_id=doc_id, position=pos, version=version,
+                                problem=f"{path.name} row {line_no}: {exc.detail}", location=f"{path.name}:{line_no}")
+
+    def _event(self, row: dict[str, str], doc_id: str, pos: Position, version: str) -> PaymentReceived:
+        for col in REQUIRED:
+            if not row.get(col):
+                raise ConflictError("malformed_document", f"{col} is empty", definitive=False)
+        try:
+            day = date.fromisoformat(row["date"])
+        except ValueError:
+            raise ConflictError("malformed_document", f"date {row['date'][:20]!r} is not YYYY-MM-DD",
+                                definitive=False) from None
+        amount = to_decimal(row["amount"], field="amount")
+        currency = row["currency"].upper()
+        if len(currency) != 3 or not currency.isalpha():
+            raise ConflictError("malformed_document", f"currency {row['currency'][:10]!r} is not an ISO code",
+                                definitive=False)
+        student = row["student"]
+        email = row.get("email") or (student if "@" in student else None)
+        refs: tuple[Reference, ...] = ()
+        invoice = row.get("invoice") or ""
+        if invoice.startswith("plan:"):
+            refs = (Reference(invoice_id=None, amount=amount, lms_plan_id=invoice[5:]),)
+        elif invoice:
+            refs = (Reference(invoice_id=invoice, amount=amount),)
+        return PaymentReceived(doc_id=doc_id, position=pos, version=version, customer=student, customer_email=email,
+                               amount=amount, currency=currency, posting_date=day, method=row.get("method") or None,
+                               reference_number=row.get("reference_number") or None, references=refs)

@@ -1,0 +1,66 @@
+"""Wiring: settings -> state store, LMS client, connectors, engine. The CLI and the tests build apps here."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sync import connector as connector_registry
+from sync.config import Settings, build_connector_settings
+from sync.engine import Engine
+from sync.errors import ConfigError
+from sync.lms import LmsClient, make_limiter
+from sync.state import Store
+
+
+@dataclass
+class App:
+    settings: Settings
+    store: Store
+    lms: LmsClient
+    connectors: dict[str, Any]
+    engine: Engine
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def close(self) -> None:
+        for c in self.connectors.values():
+            c.close()
+        self.lms.close()
+        self.store.close()
+
+
+def build_connectors(settings: Settings, stop_event: threading.Event,
+                     transports: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load and configure every enabled source's connector; every problem is reported at once."""
+    problems: list[str] = []
+    built: dict[str, Any] = {}
+    for name, src in settings.sources.items():
+        if not src.enabled:
+            continue
+        try:
+            cls = connector_registry.load(src.connector)
+            conf = build_connector_settings(name, src, cls.settings_model)
+            kwargs: dict[str, Any] = {"stop_event": stop_event}
+            if transports and name in transports:
+                kwargs["transport"] = transports[name]
+            built[name] = cls(conf, **kwargs)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        for c in built.values():
+            c.close()
+        raise ConfigError(problems)
+    return built
+
+
+def build_app(settings: Settings, *, lms_transport: Any = None, pacing: bool = True,
+              sleep: Any = None) -> App:
+    stop_event = threading.Event()
+    connectors = build_connectors(settings, stop_event)
+    store = Store.open(settings.state_path)
+    limiter = make_limiter(settings.lms, Path(settings.state_path).resolve().parent) if pacing else None
+    lms = LmsClient(settings.lms, transport=lms_transport, limiter=limiter, stop_event=stop_event, sleep=sleep)
+    engine = Engine(settings, store, lms, connectors, stop_event=stop_event)
+    return App(settings, store, lms, connectors, engine, stop_event)

@@ -1,0 +1,249 @@
+"""Configuration: one TOML file plus environment overrides, validated all at once.
+
+Secrets (LMS key, ERP key/secret) come from environment variables or `*_file` paths (systemd
+`LoadCredential=`, container secrets), are typed `SecretStr`, and are registered with the log
+redactor the moment they are read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from sync import contract as C
+from sync.errors import ConfigError
+from sync.logs import register_secret
+from sync.times import parse_duration, zone
+
+DEFAULT_PAYMENT_METHODS: dict[str, str] = {
+    "Cash": "cash",
+    "Bank": "bank_transfer",
+    "Bank Transfer": "bank_transfer",
+    "Wire Transfer": "bank_transfer",
+    "Bank Draft": "bank_transfer",
+    "Cheque": "cheque",
+    "Check": "cheque",
+    "Credit Card": "online",
+    "JazzCash": "jazzcash",
+    "Easypaisa": "easypaisa",
+}
+
+
+def read_secret_file(path: str | Path, what: str) -> SecretStr:
+    p = Path(path)
+    try:
+        value = p.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read secret file {str(p)!r}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"{what}: secret file {str(p)!r} is empty")
+    register_secret(value)
+    return SecretStr(value)
+
+
+def resolve_secret_files(data: dict[str, Any], secret_fields: set[str], where: str) -> dict[str, Any]:
+    """Turn `x_file = "/path"` into `x = SecretStr(<file content>)` for each secret field x."""
+    out = dict(data)
+    for name in secret_fields:
+        file_key = f"{name}_file"
+        if out.get(file_key):
+            if out.get(name):
+                raise ConfigError(f"{where}: set either {name} or {file_key}, not both")
+            out[name] = read_secret_file(out.pop(file_key), f"{where}.{file_key}")
+        else:
+            out.pop(file_key, None)
+        value = out.get(name)
+        if isinstance(value, SecretStr):
+            register_secret(value.get_secret_value())
+        elif isinstance(value, str) and value:
+            register_secret(value)
+    return out
+
+
+def secret_field_names(model: type[BaseModel]) -> set[str]:
+    return {n for n, f in model.model_fields.items() if f.annotation in (SecretStr, SecretStr | None)}
+
+
+class LmsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = C.DEFAULT_BASE_URL
+    api_key: SecretStr | None = None
+    api_key_file: str | None = None
+    time_zone: str = "Asia/Karachi"
+    rate_limit_per_minute: int = Field(C.GENERAL_LIMIT_PER_MINUTE, ge=1)
+    rate_safety: float = Field(0.97, gt=0, le=1)   # pace at this fraction of the limit
+    timeout_seconds: float = Field(30.0, gt=0)
+    max_attempts: int = Field(5, ge=1, le=20)
+    max_retry_seconds: float = Field(60.0, gt=0)
+    retry_after_cap_seconds: float = Field(30.0, ge=0)
+    limiter_path: str | None = None   # shared pacing file; default beside the state store
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return resolve_secret_files(data, {"api_key"}, "lms")
+        return data
+
+    @field_validator("time_zone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        zone(v)
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://", v):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class MappingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    payment_methods: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_PAYMENT_METHODS))
+    default_payment_method: str | None = None   # used for unknown modes; None -> conflict
+    match_students_by_email: bool = True
+    customers: dict[str, str] = Field(default_factory=dict)   # ERP customer -> LMS student id
+    invoices: dict[str, str] = Field(default_factory=dict)    # ERP invoice -> LMS plan id
+
+    @field_validator("payment_methods")
+    @classmethod
+    def _methods(cls, v: dict[str, str]) -> dict[str, str]:
+        merged = dict(DEFAULT_PAYMENT_METHODS)
+        merged.update(v)
+        bad = {k: m for k, m in merged.items() if m not in C.PAYMENT_METHODS}
+        if bad:
+            raise ValueError(f"unknown LMS payment methods {bad}; allowed: {', '.join(C.PAYMENT_METHODS)}")
+        return merged
+
+    @field_validator("default_payment_method")
+    @classmethod
+    def _default(cls, v: str | None) -> str | None:
+        if v is not None and v not in C.PAYMENT_METHODS:
+            raise ValueError(f"must be one of {', '.join(C.PAYMENT_METHODS)}")
+        return v
+
+
+class SourceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connector: str
+    enabled: bool = True
+    interval: str | None = "5m"
+    cron: str | None = None
+    lookback: str = "10m"
+    lag: str = "2s"
+    plan_wait_limit: str = "24h"
+    key_prefix: str = ""          # prepended to Idempotency-Keys when several ERPs share one institute
+    max_stale: str | None = None   # /healthz: last successful run must be newer than this
+    settings: dict[str, Any] = Field(default_factory=dict)
+    mapping: MappingSettings = Field(default_factory=MappingSettings)
+
+    @field_validator("lookback", "lag", "plan_wait_limit", "interval")
+    @classmethod
+    def _durations(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    def lookback_td(self) -> timedelta:
+        return parse_duration(self.lookback)
+
+    def lag_td(self) -> timedelta:
+        return parse_duration(self.lag)
+
+    def plan_wait_td(self) -> timedelta:
+        return parse_duration(self.plan_wait_limit)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. `FEESYNC_CONFIG` or `--config` names the TOML file."""
+
+    model_config = SettingsConfigDict(env_prefix="FEESYNC_", env_nested_delimiter="__", extra="forbid")
+    toml_path: ClassVar[Path | None] = None
+
+    state_path: str = "./feesync-state.db"
+    log_format: str = "auto"    # auto | json | console
+    log_level: str = "info"
+    report_dir: str = "./feesync-reports"
+    lms: LmsSettings = Field(default_factory=LmsSettings)
+    sources: dict[str, SourceSettings] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_path))
+        return tuple(sources)
+
+    @field_validator("log_format")
+    @classmethod
+    def _fmt(cls, v: str) -> str:
+        if v not in {"auto", "json", "console"}:
+            raise ValueError("must be auto, json or console")
+        return v
+
+
+def _format_validation(exc: ValidationError, prefix: str = "") -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        problems.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
+    return problems
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (if any) and the environment; raise ConfigError listing every problem."""
+    path = path or os.environ.get("FEESYNC_CONFIG")
+    toml_path: Path | None = None
+    if path:
+        toml_path = Path(path)
+        if not toml_path.is_file():
+            raise ConfigError(f"config file {str(toml_path)!r} does not exist")
+    Settings.toml_path = toml_path
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc)) from None
+    except ConfigError:
+        raise
+    except ValueError as exc:   # TOML syntax errors
+        raise ConfigError(f"config file {str(toml_path)!r}: {exc}") from None
+    finally:
+        Settings.toml_path = None
+    problems: list[str] = []
+    if settings.lms.api_key is None:
+        problems.append("lms.api_key: missing (set FEESYNC_LMS__API_KEY or lms.api_key_file)")
+    for name, src in settings.sources.items():
+        if not src.interval and not src.cron:
+            problems.append(f"sources.{name}: needs interval or cron")
+        if src.cron:
+            from apscheduler.triggers.cron import CronTrigger
+            try:
+                CronTrigger.from_crontab(src.cron)
+            except ValueError as exc:
+                problems.append(f"sources.{name}.cron: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def build_connector_settings(name: str, src: SourceSettings, model: type[BaseModel]) -> BaseModel:
+    """Validate a source's connector settings with the connector's own model (secrets resolved)."""
+    data = resolve_secret_files(src.settings, secret_field_names(model), f"sources.{name}.settings")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, f"sources.{name}.settings.")) from None
