@@ -463,10 +463,13 @@ class _Builder:
         pay = min(pay, rupees)
         return [self.receipt(intent, inv.customer, [_Ref(inv, row, part * 100)]) for part in self._split(pay, k)]
 
-    def plan_receipts(self, plan: _Plan, p_by_seq: tuple[float, ...] = (0.95, 0.85, 0.7, 0.55)) -> list[_PE]:
+    def plan_receipts(self, plan: _Plan, p_by_seq: tuple[float, ...] = (0.95, 0.85, 0.7, 0.55),
+                      *, keep_open: bool = False) -> list[_PE]:
+        """Receipts for a plan's installments; `keep_open` leaves the last one unpaid."""
         assert plan.invoice is not None
         out: list[_PE] = []
-        for row in plan.invoice.rows:
+        rows = plan.invoice.rows[:-1] if keep_open else plan.invoice.rows
+        for row in rows:
             out += self.row_receipts("push", plan.invoice, row, p_by_seq[min(row.idx, 4) - 1])
         return out
 
@@ -510,9 +513,9 @@ class _Builder:
         # ambiguous: two active PKR plans and one receipt without references
         for s in by_group.get("ambiguous", []):
             s.role = "ambiguous_plan"
-            self.new_plan(s)
-            self.new_plan(s)
-            s.events = [[pe] for pe in _interleave(rng, [self.plan_receipts(p, (0.9, 0.5, 0.3, 0.2)) for p in s.plans])]
+            self.new_plan(s, min_insts=2)
+            self.new_plan(s, min_insts=2)
+            s.events = [[pe] for pe in _interleave(rng, [self.plan_receipts(p, keep_open=True) for p in s.plans])]
             s.events.append([self.receipt("ambiguous_plan", s.customer, [], 10000_00)])
         # no active plan: no plan at all, or a plan the LMS cancelled (its invoice is cancelled too)
         for s in by_group.get("no_plan", []) + by_group.get("cancelled_plan", []):
@@ -542,7 +545,7 @@ class _Builder:
         native_invoices = [i for i in self.invoices if i.plan is None and i.customer.student in native]
         # a credit note returning a registration fee (or 5,000 of the course fee)
         original = next((i for i in native_invoices if i.items[-1][0] == _REG_FEE[0]), native_invoices[0])
-        code, name, _ = original.items[-1]
+        code, name, _, _ = original.items[-1]
         created = self._between(*self.window)
         note = _Invoice(original.customer, max(created.date(), original.posting), created,
                         [(code, name, -1, _REG_FEE[2] * 100)], [], batch=original.batch,
@@ -572,6 +575,9 @@ class _Builder:
                 raise ValueError(f"not enough students for the {role!r} edge case; raise n_students")
             return got
 
+        def one_open_plan(s: _Student) -> bool:
+            return len(s.plans) == 1 and any(r.planned < r.amount for r in _rows(s.plans[0]))
+
         def single(s: _Student) -> list[_PE]:
             return [c[0] for c in s.events if len(c) == 1 and len(c[0].refs) == 1 and c[0].intent == "push"]
 
@@ -589,8 +595,8 @@ class _Builder:
             assert pair is not None
             self._merge(s, *pair)
         # one receipt paying two invoices of the same student
-        for s in take(lambda s: len(s.plans) == 2 and len({pe.refs[0].inv.name or id(pe.refs[0].inv)
-                                                           for pe in single(s)}) == 2, "multi_invoice", 3):
+        for s in take(lambda s: len(s.plans) == 2 and len({id(pe.refs[0].inv) for pe in single(s)}) == 2,
+                      "multi_invoice", 3):
             firsts: dict[int, _PE] = {}
             for pe in single(s):
                 firsts.setdefault(id(pe.refs[0].inv), pe)
@@ -626,11 +632,11 @@ class _Builder:
             pe.refs[0].alloc -= 50
             pe.refs[0].row.planned -= 50
         # currency mismatch: a USD receipt without references from a student with one PKR plan
-        for s in take(lambda s: len(s.plans) == 1, "currency_mismatch", 3):
+        for s in take(one_open_plan, "currency_mismatch", 3):
             s.events.append([_PE("currency_mismatch", s.customer, [], rng.choice((100, 150, 250)) * 100,
                                  _MODES[0], currency="USD", rate=rng.choice((27845, 28010, 28190)))])
         # overpayment: a receipt without references above the plan's balance (amount set later)
-        self.overpayers = take(lambda s: len(s.plans) == 1, "overpayment", 3)
+        self.overpayers = take(one_open_plan, "overpayment", 3)
         # drafts: receipts typed but never submitted (against rows nobody paid yet)
         for i, s in enumerate(take(lambda s: any(r.planned == 0 for p in s.plans for r in _rows(p)), "draft", 4)):
             row, inv = next((r, p.invoice) for p in s.plans for r in _rows(p) if r.planned == 0)
@@ -692,7 +698,7 @@ class _Builder:
                                           balance + self.rng.choice((2500, 5000, 10000)) * 100)])
 
     # --- time -----------------------------------------------------------------------------------
-    def assign_times(self) -> None:
+    def assign_times(self) -> datetime:
         rng = self.rng
         lo, hi = self.window
         chains = [(s, c) for s in self.students for c in s.events] + [(None, c) for c in self.others]
@@ -745,6 +751,7 @@ class _Builder:
         for inv in self.invoices:
             if rng.random() < 0.05:
                 inv.created = inv.created.replace(microsecond=0)
+        return tie_at
 
     def all_pes(self) -> list[_PE]:
         return [pe for c in self.all_chains() for pe in c]
@@ -1025,3 +1032,216 @@ def _si_status(inv: _Invoice, outstanding: int, today: date) -> str:
 def _no_nulls(doc: dict[str, Any]) -> dict[str, Any]:
     """A v15 single-document GET leaves out every field whose value is null."""
     return {k: v for k, v in doc.items() if v is not None}
+
+
+# --- the answer key ------------------------------------------------------------------------------
+CONFLICT_KINDS = ("unknown_student", "ambiguous_plan", "currency_mismatch", "fractional_amount",
+                  "overpayment", "no_active_plan")
+SKIP_REASONS = ("not_customer_receipt", "cancelled", "lms_originated")
+
+
+def _cursor_key(doc: dict[str, Any]) -> tuple[str, str]:
+    """`modified asc, name asc`; a value without fraction is the same instant as `.000000`."""
+    modified = doc["modified"]
+    return (modified if "." in modified else modified + ".000000", doc["name"])
+
+
+def _is_whole(amount: float) -> bool:
+    return float(amount).is_integer()
+
+
+class _LmsBook:
+    """The LMS fee rules the sandbox applies (lms-contract.md section 3), on a copy of the seed."""
+
+    def __init__(self, lms_seed: dict[str, Any]) -> None:
+        inst = lms_seed["institutes"][0]
+        self.students = {s["email"].strip().lower(): s for s in inst["students"] if s.get("email")}
+        self.plans = {p["id"]: {
+            "id": p["id"], "student_id": p["student_id"], "currency": p["currency"], "status": p["status"],
+            "insts": [{"id": i["id"], "due": i["amount_due"], "paid": i["amount_paid"],
+                       "closed": i["status"] in ("paid", "waived")}
+                      for i in sorted(p["installments"], key=lambda i: i["sequence"])],
+        } for p in inst["fee_plans"]}
+
+    def active_plans(self, student_id: int) -> list[dict[str, Any]]:
+        return [p for p in self.plans.values() if p["student_id"] == student_id and p["status"] == "active"]
+
+    @staticmethod
+    def remaining(inst: dict[str, Any]) -> int:
+        return 0 if inst["closed"] else max(0, inst["due"] - inst["paid"])
+
+    def balance(self, plan: dict[str, Any]) -> int:
+        return sum(self.remaining(i) for i in plan["insts"])
+
+    def fits(self, targets: list[tuple[dict[str, Any], dict[str, Any] | None, int]]) -> bool:
+        for plan, inst, amount in targets:
+            room = self.balance(plan) if inst is None else self.remaining(inst)
+            if plan["status"] != "active" or amount > room:
+                return False
+        return True
+
+    def apply(self, plan: dict[str, Any], inst: dict[str, Any] | None, amount: int) -> None:
+        left = amount
+        for target in [inst] if inst is not None else plan["insts"]:
+            take = min(self.remaining(target), left)
+            target["paid"] += take
+            target["closed"] = target["paid"] >= target["due"]
+            left -= take
+        if all(i["closed"] for i in plan["insts"]):
+            plan["status"] = "completed"
+
+
+def _classify(pe: dict[str, Any], book: _LmsBook, customers: dict[str, Any], invoices: dict[str, Any]
+              ) -> tuple[str, list[tuple[dict[str, Any], dict[str, Any] | None, float]]]:
+    if pe.get("payment_type") != "Receive" or pe.get("party_type") != "Customer":
+        return "not_customer_receipt", []
+    if pe["docstatus"] == 2:
+        return "cancelled", []
+    if pe.get(PE_ZB_FIELD):
+        return "lms_originated", []
+    email = (customers.get(pe["party"], {}).get("email_id") or "").strip().lower()
+    student = book.students.get(email) if email else None
+    if student is None:
+        return "unknown_student", []
+    targets: list[tuple[dict[str, Any], dict[str, Any] | None, float]] = []
+    refs = pe.get("references") or []
+    if refs:
+        for ref in refs:
+            inv = invoices[ref["reference_name"]]
+            if not inv.get(SI_PLAN_FIELD):
+                return "needs_plan", [({}, None, ref["allocated_amount"]) for ref in refs]
+            plan = book.plans[int(inv[SI_PLAN_FIELD])]
+            inst = None
+            if ref.get("payment_term"):
+                pos = [r.get("payment_term") for r in inv["payment_schedule"]].index(ref["payment_term"])
+                inst = plan["insts"][pos]
+            targets.append((plan, inst, ref["allocated_amount"]))
+    else:
+        active = book.active_plans(student["id"])
+        same_currency = [p for p in active if p["currency"] == pe["paid_from_account_currency"]]
+        if not active:
+            return "no_active_plan", []
+        if len(same_currency) > 1 or (len(active) > 1 and not same_currency):
+            return "ambiguous_plan", []
+        targets = [((same_currency or active)[0], None, pe["paid_amount"])]
+    if any(plan["currency"] != pe["paid_from_account_currency"] for plan, _, _ in targets):
+        return "currency_mismatch", targets
+    if not all(_is_whole(amount) for _, _, amount in targets):
+        return "fractional_amount", targets
+    if not book.fits([(plan, inst, int(amount)) for plan, inst, amount in targets]):
+        return "overpayment", targets
+    return "push", targets
+
+
+def _answer_key(lms_seed: dict[str, Any], erp_data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    docs = erp_data["documents"]
+    book = _LmsBook(lms_seed)
+    customers = {c["name"]: c for c in docs["Customer"]}
+    invoices = {i["name"]: i for i in docs["Sales Invoice"]}
+    outcome: dict[str, str] = {}
+    pushed: dict[str, list[dict[str, Any]]] = {}
+    skipped: dict[str, list[str]] = {r: [] for r in SKIP_REASONS}
+    conflicts: dict[str, list[str]] = {k: [] for k in CONFLICT_KINDS}
+    needs_plan: list[str] = []
+    needs_plan_payments = needs_plan_amount = 0
+    pes = docs["Payment Entry"]
+    drafts = sorted(pe["name"] for pe in pes if pe["docstatus"] == 0)
+    for name in drafts:
+        outcome[name] = "draft"
+    for pe in sorted((pe for pe in pes if pe["docstatus"] != 0), key=_cursor_key):
+        kind, targets = _classify(pe, book, customers, invoices)
+        outcome[pe["name"]] = kind
+        if kind in skipped:
+            skipped[kind].append(pe["name"])
+        elif kind in conflicts:
+            conflicts[kind].append(pe["name"])
+        elif kind == "needs_plan":
+            needs_plan.append(pe["name"])
+            needs_plan_payments += len(targets)
+            needs_plan_amount += sum(int(amount) for _, _, amount in targets)
+        else:
+            pushed[pe["name"]] = []
+            for plan, inst, amount in targets:
+                book.apply(plan, inst, int(amount))
+                pushed[pe["name"]].append({"fee_plan_id": plan["id"],
+                                           "fee_installment_id": inst["id"] if inst else None,
+                                           "amount": int(amount)})
+    payments = [t for ts in pushed.values() for t in ts]
+    key = {
+        "receipts_pushable": len(pushed),
+        "lms_payments_expected": len(payments),
+        "lms_amount_expected": sum(t["amount"] for t in payments),
+        "skipped": {r: len(names) for r, names in skipped.items()},
+        "skipped_docs": skipped,
+        "drafts": drafts,
+        "conflicts": conflicts,
+        "needs_plan": needs_plan,
+        "needs_plan_payments": needs_plan_payments,
+        "needs_plan_amount": needs_plan_amount,
+        "pushed": pushed,
+    }
+    return key, outcome
+
+
+def answer_key(lms_seed: dict[str, Any], erp_data: dict[str, Any]) -> dict[str, Any]:
+    """What a correct sync of `erp_data` into `lms_seed` does, replayed in cursor order.
+
+    Lists of document names are in cursor order (`modified asc, name asc`); `pushed` maps each
+    pushable Payment Entry to the LMS payments it creates (`fee_installment_id` None = plan level).
+    """
+    return _answer_key(lms_seed, erp_data)[0]
+
+
+# --- public API ----------------------------------------------------------------------------------
+def build_demo(seed: int = 7, *, n_students: int = 220, n_payments_min: int = 1000,
+               lms_api_key: str = "zl_demo_sandbox_key", erp_api_key: str = "demo_erp_key",
+               erp_api_secret: str = "demo_erp_secret", base: datetime = DEFAULT_BASE) -> DemoData:
+    """Build the LMS seed, the matching ERPNext data set and the answer key (deterministic per seed)."""
+    b = _Builder(seed, n_students, n_payments_min, base)
+    b.make_students()
+    b.make_customers()
+    b.build_groups()
+    b.build_invoice_edges()
+    b.build_receipt_edges()
+    b.top_up()
+    b.finish_overpayments()
+    tie_at = b.assign_times()
+    b.assign_names()
+    b.replay()
+    lms_seed = b.lms_seed(lms_api_key)
+    erp_data = b.erp_data(erp_api_key, erp_api_secret)
+    expected, outcome = _answer_key(lms_seed, erp_data)
+    wrong = [(pe.name, pe.intent, outcome.get(pe.name)) for pe in b.all_pes() if outcome.get(pe.name) != pe.intent]
+    if wrong:
+        raise RuntimeError(f"demo data generator is inconsistent with its answer key: {wrong[:5]}")
+    invoices = sorted(b.invoices, key=lambda i: i.name)
+    expected.update({
+        "native_invoices": [i.name for i in invoices if i.plan is None and i.docstatus == 1
+                            and i.return_against is None and i.customer.student is not None],
+        "unknown_student_invoices": [i.name for i in invoices if i.customer.student is None],
+        "credit_notes": [i.name for i in invoices if i.return_against is not None],
+        "cancelled_invoices": [i.name for i in invoices if i.docstatus == 2],
+        "tie_modified": _ts(tie_at),
+        "tie_names": sorted(pe.name for pe in b.all_pes() if pe.tie),
+        "groups": {group: sum(1 for s in b.students if s.group == group)
+                   for group in ("lms_plan", "native", "advance", "ambiguous", "no_plan", "cancelled_plan",
+                                 "lms_only")},
+        "counts": {
+            "students": len(b.students), "customers": len(b.customers), "fee_plans": len(b.plans),
+            "lms_seed_payments": len(lms_seed["institutes"][0]["payments"]),
+            "payment_entries": len(erp_data["documents"]["Payment Entry"]),
+            "sales_invoices": len(erp_data["documents"]["Sales Invoice"]),
+        },
+    })
+    return DemoData(lms_seed, erp_data, expected)
+
+
+def write_demo_files(out_dir: Path, **kw: Any) -> tuple[Path, Path]:
+    """Write `lms-seed.json` and `erpnext-data.json` into `out_dir` (created if missing)."""
+    demo = build_demo(**kw)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = (out_dir / "lms-seed.json", out_dir / "erpnext-data.json")
+    for path, data in zip(paths, (demo.lms_seed, demo.erp_data), strict=True):
+        path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return paths

@@ -150,6 +150,8 @@ class ERPNextConnector:
         except ValueError:
             return None   # cannot place it on the cursor; a row without a modified is not a document
         docstatus = row.get("docstatus")
+        if docstatus == 0:
+            return None   # drafts are filtered server-side; never trust that alone
         version = f"{row.get('modified')}|{docstatus}"
         pos = Position(changed, name)
         if ctx.seen(name, version):
