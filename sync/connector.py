@@ -47,6 +47,14 @@ class Connector(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class Reconcilable(Protocol):
+    """Optional: connectors that can list what exists in a window (deletions are invisible to a cursor)."""
+
+    def snapshot(self, since: datetime, until: datetime | None = None) -> dict[str, str]:
+        """doc_id -> version of every live receipt whose change time is in [since, until)."""
+
+
 ConnectorFactory = Callable[..., Connector]
 
 

@@ -1,4 +1,4 @@
-"""Bundled demo data: an LMS seed and a matching ERPNext data set, plus the answer key of a correct sync.
+"""Bundled demo data: an LMS seed, a matching ERPNext data set and the answer key of a correct sync.
 
 `build_demo(seed)` is deterministic (one `random.Random(seed)`, no clock, no set ordering) and
 returns three dicts:
@@ -54,16 +54,64 @@ DUPLICATE_CUSTOMER_SEP = " - "
 RECEIVABLE, RECEIVABLE_USD, PAYABLE = "Debtors - ZA", "Debtors USD - ZA", "Creditors - ZA"
 FIRST_LMS_PAYMENT_ID = 123
 TIE_SIZE = 48
-MIN_STUDENTS = 80
+MIN_STUDENTS = 100
 
 DEFAULT_BASE = datetime(2026, 11, 2, 9, 0, tzinfo=SITE_TZ)
 
-_FIRST = ("Ayesha", "Bilal", "Fatima", "Hamza", "Zainab", "Usman", "Maryam", "Ali", "Sana", "Omar",
-          "Hira", "Ahmed", "Mahnoor", "Hassan", "Iqra", "Saad", "Amna", "Fahad", "Noor", "Talha",
-          "Rabia", "Zaid", "Khadija", "Imran", "Areeba", "Danish", "Sadia", "Junaid", "Mehwish", "Asad")
-_LAST = ("Khan", "Ahmed", "Malik", "Siddiqui", "Hussain", "Tariq", "Qureshi", "Sheikh", "Butt",
-         "Chaudhry", "Raza", "Javed", "Iqbal", "Mirza", "Abbasi", "Farooq", "Aslam", "Shah", "Rana",
-         "Anwar")
+_FIRST = (
+    "Ayesha",
+    "Bilal",
+    "Fatima",
+    "Hamza",
+    "Zainab",
+    "Usman",
+    "Maryam",
+    "Ali",
+    "Sana",
+    "Omar",
+    "Hira",
+    "Ahmed",
+    "Mahnoor",
+    "Hassan",
+    "Iqra",
+    "Saad",
+    "Amna",
+    "Fahad",
+    "Noor",
+    "Talha",
+    "Rabia",
+    "Zaid",
+    "Khadija",
+    "Imran",
+    "Areeba",
+    "Danish",
+    "Sadia",
+    "Junaid",
+    "Mehwish",
+    "Asad",
+)
+_LAST = (
+    "Khan",
+    "Ahmed",
+    "Malik",
+    "Siddiqui",
+    "Hussain",
+    "Tariq",
+    "Qureshi",
+    "Sheikh",
+    "Butt",
+    "Chaudhry",
+    "Raza",
+    "Javed",
+    "Iqbal",
+    "Mirza",
+    "Abbasi",
+    "Farooq",
+    "Aslam",
+    "Shah",
+    "Rana",
+    "Anwar",
+)
 _SUPPLIERS = ("Meezan Stationers", "K-Electric", "PTCL Business", "Cloudways Hosting")
 
 
@@ -79,7 +127,9 @@ class _Batch:
 BATCHES = (
     _Batch(1, "Python Bootcamp", "PY-BOOTCAMP", "Python Bootcamp (12 weeks) - Course Fee", 45000),
     _Batch(2, "Data Science Track", "DS-201", "Data Science Track - Course Fee", 60000),
-    _Batch(3, "Full-Stack Web Development", "WEB-FS", "Full-Stack Web Development - Course Fee", 90000),
+    _Batch(
+        3, "Full-Stack Web Development", "WEB-FS", "Full-Stack Web Development - Course Fee", 90000
+    ),
     _Batch(4, "UI/UX Design", "UX-101", "UI/UX Design - Course Fee", 35000),
     _Batch(5, "Cloud & DevOps", "DEVOPS-301", "Cloud & DevOps - Course Fee", 75000),
     _Batch(6, "Digital Marketing", "DM-110", "Digital Marketing - Course Fee", 25000),
@@ -123,7 +173,9 @@ class _Student:
     status: str = "active"
     customer: _Customer | None = None
     plans: list[_Plan] = field(default_factory=list)
-    events: list[list[_PE]] = field(default_factory=list)  # each event is a chain (original + amendments)
+    events: list[list[_PE]] = field(
+        default_factory=list
+    )  # each event is a chain (original + amendments)
     role: str = ""  # the edge case this student was picked for, "" when none
 
 
@@ -270,7 +322,9 @@ class _Builder:
 
     def _hash(self) -> str:
         while True:
-            value = "".join(self.rng.choice("0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(10))
+            value = "".join(
+                self.rng.choice("0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(10)
+            )
             if value not in self.used_hashes:
                 self.used_hashes.add(value)
                 return value
@@ -283,7 +337,7 @@ class _Builder:
         return start + timedelta(microseconds=self.rng.randrange(max(span, 1)))
 
     def _split(self, total: int, parts: int, step: int = 500) -> list[int]:
-        """`parts` positive amounts summing to `total`, cut at multiples of `step` (fewer when too small)."""
+        """`parts` amounts summing to `total`, cut at multiples of `step` (fewer when too small)."""
         parts = min(parts, max(1, total // step))
         if parts <= 1:
             return [total]
@@ -307,11 +361,17 @@ class _Builder:
         order = list(self.students)
         rng.shuffle(order)
         n1, n2, n3 = round(n * 0.60), round(n * 0.25), max(3, round(n * 0.05))
-        sizes = [("lms_plan", n1), ("native", n2), ("advance", n3), ("ambiguous", 3),
-                 ("no_plan", 3), ("cancelled_plan", 1)]
+        sizes = [
+            ("lms_plan", n1),
+            ("native", n2),
+            ("advance", n3),
+            ("ambiguous", 3),
+            ("no_plan", 3),
+            ("cancelled_plan", 1),
+        ]
         pos = 0
         for group, size in sizes:
-            for s in order[pos:pos + size]:
+            for s in order[pos : pos + size]:
                 s.group = group
             pos += size
         for s in order[pos:]:
@@ -333,34 +393,47 @@ class _Builder:
         variants = [c for c in pending if c.student and c.student.group in ("lms_plan", "native")]
         for i, cust in enumerate(rng.sample(variants, 6)):
             email = cust.email or ""
-            cust.email = (email.title() if i % 2 == 0 else email.upper()) + ("  " if i % 3 == 0 else "")
+            cust.email = (email.title() if i % 2 == 0 else email.upper()) + (
+                "  " if i % 3 == 0 else ""
+            )
             if i == 1:
                 cust.email = " " + cust.email
         # customers whose email matches no LMS student
         for i in range(6):
             first, last = rng.choice(_FIRST), rng.choice(_LAST)
             email = None if i == 5 else f"{first}.{last}.parent{i + 1}@gmail.com".lower()
-            pending.append(_Customer(f"{first} {last}", email, self._between(start, end), None, self._mobile()))
+            pending.append(
+                _Customer(f"{first} {last}", email, self._between(start, end), None, self._mobile())
+            )
         pending.sort(key=lambda c: c.created)
         taken: dict[str, int] = {}
         for cust in pending:
             if cust.customer_name in taken:
                 taken[cust.customer_name] += 1
-                cust.name = f"{cust.customer_name}{DUPLICATE_CUSTOMER_SEP}{taken[cust.customer_name]}"
+                cust.name = (
+                    f"{cust.customer_name}{DUPLICATE_CUSTOMER_SEP}{taken[cust.customer_name]}"
+                )
             else:
                 taken[cust.customer_name] = 0
                 cust.name = cust.customer_name
         self.customers = pending
 
     def _mobile(self) -> str:
-        return f"+92-3{self.rng.randint(0, 4)}{self.rng.randint(0, 9)}-{self.rng.randint(1000000, 9999999)}"
+        rng = self.rng
+        return f"+92-3{rng.randint(0, 4)}{rng.randint(0, 9)}-{rng.randint(1000000, 9999999)}"
 
     # --- plans and invoices -----------------------------------------------------------------
     def _invoice_created(self) -> datetime:
         return self._between(self.base - timedelta(days=40), self.base - timedelta(days=31))
 
-    def new_plan(self, student: _Student, *, plan_type: str | None = None, min_insts: int = 1,
-                 status: str = "active") -> _Plan:
+    def new_plan(
+        self,
+        student: _Student,
+        *,
+        plan_type: str | None = None,
+        min_insts: int = 1,
+        status: str = "active",
+    ) -> _Plan:
         rng = self.rng
         batch = rng.choice(BATCHES)
         if plan_type is None:
@@ -393,16 +466,29 @@ class _Builder:
             labels = [f"Installment {k}" for k in range(1, n + 1)]
             gap = rng.choice((30, 45))
             dues = [first_due + timedelta(days=gap * k) for k in range(n)]
-        insts = [_Inst(self._id("inst"), k, due, amount, label)
-                 for k, (due, amount, label) in enumerate(zip(dues, amounts, labels, strict=True), start=1)]
-        plan = _Plan(self._id("plan"), student, batch, plan_type, dtype, dvalue, final, insts, status)
+        insts = [
+            _Inst(self._id("inst"), k, due, amount, label)
+            for k, (due, amount, label) in enumerate(
+                zip(dues, amounts, labels, strict=True), start=1
+            )
+        ]
+        plan = _Plan(
+            self._id("plan"), student, batch, plan_type, dtype, dvalue, final, insts, status
+        )
         student.plans.append(plan)
         self.plans.append(plan)
         assert student.customer is not None
         rows = [_Row(i.seq, f"Installment {i.seq}", i.label, i.due, i.amount * 100) for i in insts]
-        inv = _Invoice(student.customer, first_due - timedelta(days=rng.randrange(0, 11)),
-                       self._invoice_created(), [(batch.item_code, batch.item_name, 1, batch.fee * 100)],
-                       rows, discount=(batch.fee - final) * 100, plan=plan, batch=batch)
+        inv = _Invoice(
+            student.customer,
+            first_due - timedelta(days=rng.randrange(0, 11)),
+            self._invoice_created(),
+            [(batch.item_code, batch.item_name, 1, batch.fee * 100)],
+            rows,
+            discount=(batch.fee - final) * 100,
+            plan=plan,
+            batch=batch,
+        )
         plan.invoice = inv
         self.invoices.append(inv)
         return plan
@@ -423,15 +509,28 @@ class _Builder:
             n = rng.randint(4, 6)
             per = grand // n // 100 * 100
             amounts = [per] * (n - 1) + [grand - per * (n - 1)]
-            rows = [_Row(k + 1, None, f"Month {k + 1} of {n}", _add_months(posting.replace(day=min(posting.day, 28)), k), a)
-                    for k, a in enumerate(amounts)]
+            rows = [
+                _Row(
+                    k + 1,
+                    None,
+                    f"Month {k + 1} of {n}",
+                    _add_months(posting.replace(day=min(posting.day, 28)), k),
+                    a,
+                )
+                for k, a in enumerate(amounts)
+            ]
         elif kind in ("template2", "template3"):
-            shares, offsets, template = (((50, 50), (0, 45), "2 Installments (50/50)") if kind == "template2"
-                                         else ((40, 30, 30), (0, 30, 60), "3 Installments (40/30/30)"))
+            shares, offsets, template = (
+                ((50, 50), (0, 45), "2 Installments (50/50)")
+                if kind == "template2"
+                else ((40, 30, 30), (0, 30, 60), "3 Installments (40/30/30)")
+            )
             amounts = [grand * p // 100 for p in shares[:-1]]
             amounts.append(grand - sum(amounts))
-            rows = [_Row(k + 1, f"Installment {k + 1}", None, posting + timedelta(days=off), a)
-                    for k, (off, a) in enumerate(zip(offsets, amounts, strict=True))]
+            rows = [
+                _Row(k + 1, f"Installment {k + 1}", None, posting + timedelta(days=off), a)
+                for k, (off, a) in enumerate(zip(offsets, amounts, strict=True))
+            ]
         else:  # irregular: explicit rows, uneven amounts and gaps, no payment terms
             n = rng.randint(2, 4)
             amounts = [a * 100 for a in self._split(grand // 100, n, step=2500)]
@@ -439,38 +538,69 @@ class _Builder:
             for k, a in enumerate(amounts):
                 rows.append(_Row(k + 1, None, f"Installment {k + 1} of {len(amounts)}", due, a))
                 due = due + timedelta(days=rng.choice((12, 20, 33, 47, 61)))
-        inv = _Invoice(customer, posting, self._invoice_created(), items, rows, batch=batch,
-                       set_batch=rng.random() < 0.7, template=template)
+        inv = _Invoice(
+            customer,
+            posting,
+            self._invoice_created(),
+            items,
+            rows,
+            batch=batch,
+            set_batch=rng.random() < 0.7,
+            template=template,
+        )
         self.invoices.append(inv)
         return inv
 
     # --- receipts -------------------------------------------------------------------------------
-    def receipt(self, intent: str, customer: _Customer | None, refs: list[_Ref], amount: int | None = None,
-                **kw: Any) -> _PE:
+    def receipt(
+        self,
+        intent: str,
+        customer: _Customer | None,
+        refs: list[_Ref],
+        amount: int | None = None,
+        **kw: Any,
+    ) -> _PE:
         for ref in refs:
             ref.row.planned += ref.alloc
             assert ref.row.planned <= ref.row.amount, "generator over-allocated a schedule row"
         total = sum(r.alloc for r in refs) if amount is None else amount
         return _PE(intent, customer, refs, total, kw.pop("mode", None) or self._mode(), **kw)
 
-    def row_receipts(self, intent: str, inv: _Invoice, row: _Row, p_any: float, p_full: float = 0.8) -> list[_PE]:
+    def row_receipts(
+        self, intent: str, inv: _Invoice, row: _Row, p_any: float, p_full: float = 0.8
+    ) -> list[_PE]:
         rng = self.rng
         rupees = (row.amount - row.planned) // 100
         if rupees < 500 or rng.random() >= p_any:
             return []
         k = rng.choices((1, 2, 3, 4), (45, 32, 17, 6))[0]
-        pay = rupees if rng.random() < p_full else max(500, round(rupees * rng.uniform(0.25, 0.8) / 500) * 500)
+        pay = (
+            rupees
+            if rng.random() < p_full
+            else max(500, round(rupees * rng.uniform(0.25, 0.8) / 500) * 500)
+        )
         pay = min(pay, rupees)
-        return [self.receipt(intent, inv.customer, [_Ref(inv, row, part * 100)]) for part in self._split(pay, k)]
+        return [
+            self.receipt(intent, inv.customer, [_Ref(inv, row, part * 100)])
+            for part in self._split(pay, k)
+        ]
 
-    def plan_receipts(self, plan: _Plan, p_by_seq: tuple[float, ...] = (0.95, 0.85, 0.7, 0.55),
-                      *, keep_open: bool = False) -> list[_PE]:
+    def plan_receipts(
+        self,
+        plan: _Plan,
+        p_by_seq: tuple[float, ...] = (0.95, 0.85, 0.7, 0.55),
+        *,
+        keep_open: bool = False,
+    ) -> list[_PE]:
         """Receipts for a plan's installments; `keep_open` leaves the last one unpaid."""
         assert plan.invoice is not None
         out: list[_PE] = []
         rows = plan.invoice.rows[:-1] if keep_open else plan.invoice.rows
         for row in rows:
-            out += self.row_receipts("push", plan.invoice, row, p_by_seq[min(row.idx, 4) - 1])
+            paid = self.row_receipts("push", plan.invoice, row, p_by_seq[min(row.idx, 4) - 1])
+            if not paid:  # people pay in order: nothing for a later installment once one is skipped
+                break
+            out += paid
         return out
 
     # --- groups --------------------------------------------------------------------------------
@@ -490,14 +620,21 @@ class _Builder:
         kinds = ["one_time"] * 4 + ["monthly"] * 4 + ["irregular"] * 4
         for i, s in enumerate(by_group.get("native", [])):
             assert s.customer is not None
-            kind = kinds[i] if i < len(kinds) else rng.choices(
-                ("one_time", "monthly", "template2", "template3", "irregular"), (10, 15, 25, 35, 15))[0]
+            kind = (
+                kinds[i]
+                if i < len(kinds)
+                else rng.choices(
+                    ("one_time", "monthly", "template2", "template3", "irregular"),
+                    (10, 15, 25, 35, 15),
+                )[0]
+            )
             inv = self.new_native_invoice(s.customer, kind)
-            pes: list[_PE] = []
             for row in inv.rows:
-                pes += self.row_receipts("needs_plan", inv, row, 0.9 if row.idx <= 2 else 0.6)
-            s.events = [[pe] for pe in pes]
-        # 3. advances: a plan with its first installment(s) paid in full, later money without references
+                paid = self.row_receipts("needs_plan", inv, row, 0.92 if row.idx <= 2 else 0.75)
+                if not paid:
+                    break
+                s.events += [[pe] for pe in paid]
+        # 3. advances: first installment(s) paid in full, then money without references
         for s in by_group.get("advance", []):
             plan = self.new_plan(s, min_insts=2)
             s.role = "advance"
@@ -506,16 +643,23 @@ class _Builder:
             paid_rows = rng.randint(0, len(rows) - 1)
             for row in rows[:paid_rows]:
                 for part in self._split(row.amount // 100, rng.randint(1, 2)):
-                    s.events.append([self.receipt("push", s.customer, [_Ref(plan.invoice, row, part * 100)])])
+                    s.events.append(
+                        [self.receipt("push", s.customer, [_Ref(plan.invoice, row, part * 100)])]
+                    )
             nxt = rows[paid_rows].amount // 100
-            for part in self._split(rng.randint(max(1, nxt // 1000), nxt // 500) * 500, rng.randint(1, 2)):
+            for part in self._split(
+                rng.randint(max(1, nxt // 1000), nxt // 500) * 500, rng.randint(1, 2)
+            ):
                 s.events.append([self.receipt("push", s.customer, [], part * 100)])
         # ambiguous: two active PKR plans and one receipt without references
         for s in by_group.get("ambiguous", []):
             s.role = "ambiguous_plan"
             self.new_plan(s, min_insts=2)
             self.new_plan(s, min_insts=2)
-            s.events = [[pe] for pe in _interleave(rng, [self.plan_receipts(p, keep_open=True) for p in s.plans])]
+            s.events = [
+                [pe]
+                for pe in _interleave(rng, [self.plan_receipts(p, keep_open=True) for p in s.plans])
+            ]
             s.events.append([self.receipt("ambiguous_plan", s.customer, [], 10000_00)])
         # no active plan: no plan at all, or a plan the LMS cancelled (its invoice is cancelled too)
         for s in by_group.get("no_plan", []) + by_group.get("cancelled_plan", []):
@@ -526,39 +670,66 @@ class _Builder:
                 assert plan.invoice is not None
                 plan.invoice.docstatus = 2
                 plan.invoice.cancelled = self._between(*self.window)
-            s.events.append([self.receipt("no_active_plan", s.customer, [], rng.choice((5000, 7500, 15000)) * 100)])
+            s.events.append(
+                [
+                    self.receipt(
+                        "no_active_plan", s.customer, [], rng.choice((5000, 7500, 15000)) * 100
+                    )
+                ]
+            )
         # customers unknown to the LMS
         unknown = [c for c in self.customers if c.student is None]
         for i, cust in enumerate(unknown):
-            chain: list[_PE]
-            if i < 3:
+            if i < 3:  # an invoice of their own, paid against it
                 inv = self.new_native_invoice(cust, "template3")
                 pes = self.row_receipts("unknown_student", inv, inv.rows[0], 1.0, 1.0)
-                self.others += [[pe] for pe in pes]
             else:
-                chain = [self.receipt("unknown_student", cust, [], rng.choice((8000, 12000, 20000)) * 100)]
-                self.others.append(chain)
+                pes = [
+                    self.receipt(
+                        "unknown_student", cust, [], rng.choice((8000, 12000, 20000)) * 100
+                    )
+                ]
+            self.others += [[pe] for pe in pes]
 
     def build_invoice_edges(self) -> None:
         rng = self.rng
         native = [s for s in self.students if s.group == "native"]
-        native_invoices = [i for i in self.invoices if i.plan is None and i.customer.student in native]
+        native_invoices = [
+            i for i in self.invoices if i.plan is None and i.customer.student in native
+        ]
         # a credit note returning a registration fee (or 5,000 of the course fee)
-        original = next((i for i in native_invoices if i.items[-1][0] == _REG_FEE[0]), native_invoices[0])
+        original = next(
+            (i for i in native_invoices if i.items[-1][0] == _REG_FEE[0]), native_invoices[0]
+        )
         code, name, _, _ = original.items[-1]
         created = self._between(*self.window)
-        note = _Invoice(original.customer, max(created.date(), original.posting), created,
-                        [(code, name, -1, _REG_FEE[2] * 100)], [], batch=original.batch,
-                        set_batch=original.set_batch, return_against=original,
-                        remarks="Registration fee refunded - scholarship awarded")
+        note = _Invoice(
+            original.customer,
+            max(created.date(), original.posting),
+            created,
+            [(code, name, -1, _REG_FEE[2] * 100)],
+            [],
+            batch=original.batch,
+            set_batch=original.set_batch,
+            return_against=original,
+            remarks="Registration fee refunded - scholarship awarded",
+        )
         self.invoices.append(note)
         # a native invoice cancelled and issued again (the replacement is the live one)
         s = native[-1]
         assert s.customer is not None
         live = next(i for i in self.invoices if i.customer is s.customer)
-        dead = _Invoice(s.customer, live.posting, live.created - timedelta(hours=rng.randint(2, 30)),
-                        list(live.items), [_Row(r.idx, r.term, r.description, r.due, r.amount) for r in live.rows],
-                        batch=live.batch, set_batch=live.set_batch, template=live.template, docstatus=2)
+        dead = _Invoice(
+            s.customer,
+            live.posting,
+            live.created - timedelta(hours=rng.randint(2, 30)),
+            list(live.items),
+            [_Row(r.idx, r.term, r.description, r.due, r.amount) for r in live.rows],
+            batch=live.batch,
+            set_batch=live.set_batch,
+            template=live.template,
+            docstatus=2,
+        )
         dead.cancelled = live.created - timedelta(minutes=rng.randint(3, 50))
         self.invoices.append(dead)
 
@@ -572,21 +743,30 @@ class _Builder:
             for s in got:
                 s.role = role
             if len(got) < count:
-                raise ValueError(f"not enough students for the {role!r} edge case; raise n_students")
+                raise ValueError(
+                    f"not enough students for the {role!r} edge case; raise n_students"
+                )
             return got
 
         def one_open_plan(s: _Student) -> bool:
             return len(s.plans) == 1 and any(r.planned < r.amount for r in _rows(s.plans[0]))
 
         def single(s: _Student) -> list[_PE]:
-            return [c[0] for c in s.events if len(c) == 1 and len(c[0].refs) == 1 and c[0].intent == "push"]
+            return [
+                c[0]
+                for c in s.events
+                if len(c) == 1 and len(c[0].refs) == 1 and c[0].intent == "push"
+            ]
 
         # one receipt paying two installments of one invoice (merged from two full single receipts)
         def merge_pair(s: _Student) -> tuple[_PE, _PE] | None:
             full = [pe for pe in single(s) if pe.refs[0].alloc == pe.refs[0].row.amount]
             for a in full:
                 for b in full:
-                    if a.refs[0].inv is b.refs[0].inv and b.refs[0].row.idx == a.refs[0].row.idx + 1:
+                    if (
+                        a.refs[0].inv is b.refs[0].inv
+                        and b.refs[0].row.idx == a.refs[0].row.idx + 1
+                    ):
                         return a, b
             return None
 
@@ -595,8 +775,11 @@ class _Builder:
             assert pair is not None
             self._merge(s, *pair)
         # one receipt paying two invoices of the same student
-        for s in take(lambda s: len(s.plans) == 2 and len({id(pe.refs[0].inv) for pe in single(s)}) == 2,
-                      "multi_invoice", 3):
+        for s in take(
+            lambda s: len(s.plans) == 2 and len({id(pe.refs[0].inv) for pe in single(s)}) == 2,
+            "multi_invoice",
+            3,
+        ):
             firsts: dict[int, _PE] = {}
             for pe in single(s):
                 firsts.setdefault(id(pe.refs[0].inv), pe)
@@ -614,7 +797,7 @@ class _Builder:
             pe = rng.choice(single(s))
             pe.intent, pe.docstatus = "cancelled", 2
             pe.refs[0].row.planned -= pe.refs[0].alloc
-        # LMS-originated receipts (the LMS pushed them to ERPNext), and one LMS pair cancelled + amended
+        # LMS-originated receipts (pushed by the LMS), and one LMS pair cancelled + amended
         for s in take(lambda s: len(single(s)) >= 1, "lms_originated", 6):
             pe = rng.choice(single(s))
             pe.intent, pe.lms = "lms_originated", True
@@ -633,24 +816,78 @@ class _Builder:
             pe.refs[0].row.planned -= 50
         # currency mismatch: a USD receipt without references from a student with one PKR plan
         for s in take(one_open_plan, "currency_mismatch", 3):
-            s.events.append([_PE("currency_mismatch", s.customer, [], rng.choice((100, 150, 250)) * 100,
-                                 _MODES[0], currency="USD", rate=rng.choice((27845, 28010, 28190)))])
-        # overpayment: a receipt without references above the plan's balance (amount set later)
-        self.overpayers = take(one_open_plan, "overpayment", 3)
+            s.events.append(
+                [
+                    _PE(
+                        "currency_mismatch",
+                        s.customer,
+                        [],
+                        rng.choice((100, 150, 250)) * 100,
+                        _MODES[0],
+                        currency="USD",
+                        rate=rng.choice((27845, 28010, 28190)),
+                    )
+                ]
+            )
+        # overpayment: a receipt without references above what is left of the plan (nothing else
+        # touches these students' schedules after this point)
+        for s in take(one_open_plan, "overpayment", 3):
+            balance = sum(r.amount - r.planned for r in _rows(s.plans[0]))
+            s.events.append(
+                [
+                    self.receipt(
+                        "overpayment", s.customer, [], balance + rng.choice((2500, 5000)) * 100
+                    )
+                ]
+            )
         # drafts: receipts typed but never submitted (against rows nobody paid yet)
-        for i, s in enumerate(take(lambda s: any(r.planned == 0 for p in s.plans for r in _rows(p)), "draft", 4)):
+        for i, s in enumerate(
+            take(lambda s: any(r.planned == 0 for p in s.plans for r in _rows(p)), "draft", 4)
+        ):
             row, inv = next((r, p.invoice) for p in s.plans for r in _rows(p) if r.planned == 0)
             assert inv is not None
             amount = min(row.amount, 5000_00)
-            # the first one the LMS recorded and pushed, still a draft in ERPNext (like ACC-PAY-2026-00021)
-            s.events.append([_PE("draft", s.customer, [_Ref(inv, row, amount)], amount, self._mode(),
-                                 docstatus=0, lms=i == 0)])
+            # the first was pushed by the LMS and is still a draft (like ACC-PAY-2026-00021)
+            s.events.append(
+                [
+                    _PE(
+                        "draft",
+                        s.customer,
+                        [_Ref(inv, row, amount)],
+                        amount,
+                        self._mode(),
+                        docstatus=0,
+                        lms=i == 0,
+                    )
+                ]
+            )
         # Pay (suppliers) and one Internal Transfer: never synced
         for name in _SUPPLIERS[:3]:
-            self.others.append([_PE("not_customer_receipt", None, [], rng.choice((3500, 12800, 41000)) * 100,
-                                    _MODES[0], payment_type="Pay", supplier=name)])
-        self.others.append([_PE("not_customer_receipt", None, [], 150000_00, _MODES[1],
-                                payment_type="Internal Transfer")])
+            self.others.append(
+                [
+                    _PE(
+                        "not_customer_receipt",
+                        None,
+                        [],
+                        rng.choice((3500, 12800, 41000)) * 100,
+                        _MODES[0],
+                        payment_type="Pay",
+                        supplier=name,
+                    )
+                ]
+            )
+        self.others.append(
+            [
+                _PE(
+                    "not_customer_receipt",
+                    None,
+                    [],
+                    150000_00,
+                    _MODES[1],
+                    payment_type="Internal Transfer",
+                )
+            ]
+        )
 
     def _copy(self, pe: _PE, intent: str, docstatus: int) -> _PE:
         refs = [_Ref(r.inv, r.row, r.alloc) for r in pe.refs]
@@ -668,12 +905,16 @@ class _Builder:
         s.events = [c for c in s.events if c[0] is not b]
 
     def top_up(self) -> None:
-        """Split ordinary receipts in two until the data set holds `n_payments_min` Payment Entries."""
+        """Split ordinary receipts in two until there are `n_payments_min` Payment Entries."""
         rng = self.rng
-        count = sum(len(c) for s in self.students for c in s.events) + sum(len(c) for c in self.others)
-        count += len(self.overpayers)
-        candidates = [(s, c[0]) for s in self.students if s.role == "" for c in s.events if len(c) == 1 and len(c[0].refs) == 1
-                      and c[0].intent in ("push", "needs_plan") and c[0].amount >= 2000_00]
+        count = len(self.all_pes())
+        candidates = [
+            (s, c[0])
+            for s in self.students
+            if s.role == ""
+            for c in s.events
+            if len(c) == 1 and len(c[0].refs) == 1 and c[0].amount >= 2000_00
+        ]
         rng.shuffle(candidates)
         while count < self.n_payments_min:
             if not candidates:
@@ -681,8 +922,13 @@ class _Builder:
             s, pe = candidates.pop()
             first, second = self._split(pe.amount // 100, 2)
             pe.amount = pe.refs[0].alloc = first * 100
-            twin = _PE(pe.intent, pe.customer, [_Ref(pe.refs[0].inv, pe.refs[0].row, second * 100)], second * 100,
-                       self._mode())
+            twin = _PE(
+                pe.intent,
+                pe.customer,
+                [_Ref(pe.refs[0].inv, pe.refs[0].row, second * 100)],
+                second * 100,
+                self._mode(),
+            )
             pos = next(i for i, c in enumerate(s.events) if c[0] is pe)
             s.events.insert(pos + 1, [twin])
             for item in (pe, twin):
@@ -690,22 +936,14 @@ class _Builder:
                     candidates.insert(rng.randrange(len(candidates) + 1), (s, item))
             count += 1
 
-    def finish_overpayments(self) -> None:
-        for s in self.overpayers:
-            plan = s.plans[0]
-            balance = sum(r.amount - r.planned for r in _rows(plan))
-            s.events.append([self.receipt("overpayment", s.customer, [],
-                                          balance + self.rng.choice((2500, 5000, 10000)) * 100)])
-
     # --- time -----------------------------------------------------------------------------------
     def assign_times(self) -> datetime:
         rng = self.rng
         lo, hi = self.window
-        chains = [(s, c) for s in self.students for c in s.events] + [(None, c) for c in self.others]
-        by_owner: dict[int, list[list[_PE]]] = {}
-        for owner, chain in chains:
-            by_owner.setdefault(id(owner) if owner else id(chain), []).append(chain)
-        for owner_chains in by_owner.values():
+        # one party's receipts follow one another; parties that are not students have one chain each
+        for owner_chains in [s.events for s in self.students if s.events] + [
+            [c] for c in self.others
+        ]:
             moments = sorted(self._between(lo, hi) for _ in owner_chains)
             floor = lo
             for chain, start in zip(owner_chains, moments, strict=True):
@@ -714,20 +952,30 @@ class _Builder:
                     pe.created = t
                     pe.submitted = t + timedelta(microseconds=rng.randint(40_000, 2_500_000))
                     if pe.docstatus == 2:
-                        pe.cancelled = pe.submitted + timedelta(minutes=rng.randint(4, 180),
-                                                                microseconds=rng.randrange(1_000_000))
+                        pe.cancelled = pe.submitted + timedelta(
+                            minutes=rng.randint(4, 180), microseconds=rng.randrange(1_000_000)
+                        )
                         pe.modified = pe.cancelled
-                        t = pe.cancelled + timedelta(minutes=rng.randint(1, 25), microseconds=rng.randrange(1_000_000))
+                        t = pe.cancelled + timedelta(
+                            minutes=rng.randint(1, 25), microseconds=rng.randrange(1_000_000)
+                        )
                     elif pe.docstatus == 0:
                         pe.submitted = None
-                        pe.modified = t + timedelta(seconds=rng.randint(1, 900), microseconds=rng.randrange(1_000_000))
+                        pe.modified = t + timedelta(
+                            seconds=rng.randint(1, 900), microseconds=rng.randrange(1_000_000)
+                        )
                     else:
                         pe.modified = pe.submitted
                 floor = chain[-1].modified + timedelta(minutes=1)  # type: ignore[operator]
         # a bulk import: TIE_SIZE ordinary receipts stamped with one `modified`
         tie_at = (lo + timedelta(days=21)).replace(hour=14, minute=5, second=33, microsecond=412907)
-        eligible = [c[0] for s in self.students if s.group == "lms_plan" and s.role == "" for c in s.events
-                    if len(c) == 1 and c[0].intent == "push" and c[0].created < tie_at]  # type: ignore[operator]
+        eligible = [
+            c[0]
+            for s in self.students
+            if s.group == "lms_plan" and s.role == ""
+            for c in s.events
+            if len(c) == 1 and c[0].intent == "push" and c[0].created < tie_at
+        ]  # type: ignore[operator]
         eligible.sort(key=lambda pe: tie_at - pe.created)  # type: ignore[operator]
         if len(eligible) < TIE_SIZE:
             raise ValueError("not enough receipts for the tie group; raise n_students")
@@ -746,8 +994,10 @@ class _Builder:
                 pe.created = min(pe.created, pe.modified)
         for pe in self.all_pes():
             assert pe.created is not None
-            pe.posting = max((pe.created - timedelta(days=rng.choice((0, 0, 0, 1, 2)))).date(),
-                             max((r.inv.posting for r in pe.refs), default=date.min))
+            pe.posting = max(
+                (pe.created - timedelta(days=rng.choice((0, 0, 0, 1, 2)))).date(),
+                max((r.inv.posting for r in pe.refs), default=date.min),
+            )
         for inv in self.invoices:
             if rng.random() < 0.05:
                 inv.created = inv.created.replace(microsecond=0)
@@ -768,7 +1018,9 @@ class _Builder:
             for k, pe in enumerate(chain):  # Amend Counter: <name>-1, <name>-2, ...
                 pe.name = f"{root_name}-{k}" if k else root_name
                 if pe.mode.ref_prefix:
-                    pe.ref_no = f"{pe.mode.ref_prefix}-{ref_seq}" + ("" if k == 0 else "-R" if k == 1 else f"-R{k}")
+                    pe.ref_no = f"{pe.mode.ref_prefix}-{ref_seq}" + (
+                        "" if k == 0 else "-R" if k == 1 else f"-R{k}"
+                    )
                 if chain[0].lms:
                     pe.zb_id, pe.lms_payment_id = f"ZB-PAY-{lms_id:06d}", lms_id
             lms_id += int(chain[0].lms)
@@ -777,7 +1029,7 @@ class _Builder:
         return [c for s in self.students for c in s.events] + self.others
 
     def replay(self) -> None:
-        """Apply submits and cancels in time order, as ERPNext would, to fill the computed fields."""
+        """Apply submits and cancels in time order, as ERPNext does, to fill the computed fields."""
         actions: list[tuple[datetime, int, str, _PE]] = []
         for pe in self.all_pes():
             if not pe.refs:
@@ -789,14 +1041,18 @@ class _Builder:
             if pe.docstatus == 2:
                 actions.append((pe.cancelled, 1, pe.name, pe))  # type: ignore[arg-type]
         for inv in self.invoices:
-            inv.modified = inv.cancelled or inv.created + timedelta(microseconds=self.rng.randint(50_000, 400_000))
+            inv.modified = inv.cancelled or inv.created + timedelta(
+                microseconds=self.rng.randint(50_000, 400_000)
+            )
         for moment, kind, _, pe in sorted(actions, key=lambda a: (a[0], a[1], a[2])):
             sign = {0: 1, 1: -1, 2: 0}[kind]
             for ref in pe.refs:
                 if kind != 1:  # a cancel keeps the row's outstanding from before the payment
                     ref.term_outstanding = ref.row.amount - ref.row.paid
                 if sign == 1 and ref.alloc > ref.term_outstanding:
-                    raise AssertionError(f"{pe.name} over-allocates {ref.inv.name} row {ref.row.idx}")
+                    raise AssertionError(
+                        f"{pe.name} over-allocates {ref.inv.name} row {ref.row.idx}"
+                    )
                 ref.row.paid += sign * ref.alloc
                 ref.inv.paid += sign * ref.alloc
             for ref in pe.refs:
@@ -816,51 +1072,106 @@ class _Builder:
             inst = ref.inv.plan.insts[ref.row.idx - 1]
             inst.lms_paid += pe.amount // 100
             paid_at = chain[0].created - timedelta(minutes=2)  # type: ignore[operator]
-            payments.append({
-                "id": pe.lms_payment_id, "fee_plan_id": ref.inv.plan.id, "student_id": ref.inv.plan.student.id,
-                "fee_installment_id": inst.id, "amount": pe.amount // 100,
-                "payment_date": datetime.combine(pe.posting, time(0, 0), tzinfo=SITE_TZ).isoformat(),  # type: ignore[arg-type]
-                "payment_method": pe.mode.lms_method, "reference_number": pe.ref_no,
-                "receipt_number": f"RCP-{pe.lms_payment_id:06d}", "notes": "", "status": "received",
-                "created_at": paid_at.isoformat(timespec="seconds"),
-            })
+            payments.append(
+                {
+                    "id": pe.lms_payment_id,
+                    "fee_plan_id": ref.inv.plan.id,
+                    "student_id": ref.inv.plan.student.id,
+                    "fee_installment_id": inst.id,
+                    "amount": pe.amount // 100,
+                    "payment_date": datetime.combine(
+                        pe.posting, time(0, 0), tzinfo=SITE_TZ
+                    ).isoformat(),  # type: ignore[arg-type]
+                    "payment_method": pe.mode.lms_method,
+                    "reference_number": pe.ref_no,
+                    "receipt_number": f"RCP-{pe.lms_payment_id:06d}",
+                    "notes": "",
+                    "status": "received",
+                    "created_at": paid_at.isoformat(timespec="seconds"),
+                }
+            )
         plans = []
         for plan in sorted(self.plans, key=lambda p: p.id):
             assert plan.invoice is not None
             created = plan.invoice.created - timedelta(seconds=self.rng.randint(1, 5))
-            plans.append({
-                "id": plan.id, "student_id": plan.student.id, "batch_id": plan.batch.id, "plan_type": plan.plan_type,
-                "total_amount": plan.batch.fee, "discount_type": plan.discount_type,
-                "discount_value": plan.discount_value, "final_amount": plan.final, "currency": CURRENCY,
-                "status": plan.status, "notes": plan.notes, "created_at": created.isoformat(timespec="seconds"),
-                "installments": [{
-                    "id": i.id, "sequence": i.seq, "amount_due": i.amount, "amount_paid": i.lms_paid,
-                    "due_date": i.due.isoformat(), "status": _inst_status(i, self.today), "label": i.label,
-                } for i in plan.insts],
-            })
-        return {"rate_limit_per_minute": 60000, "institutes": [{
-            "id": INSTITUTE_ID, "name": "Zensbot Academy (demo)", "suspended": False,
-            "api_keys": [{"key": lms_api_key, "name": "feesync-demo",
-                          "scopes": ["fees:read", "fees:write", "students:read"],
-                          "expires_at": None, "revoked": False}],
-            "batches": [{"id": b.id, "name": b.name} for b in BATCHES],
-            "students": [{"id": s.id, "name": s.name, "email": s.email, "status": s.status} for s in self.students],
-            "fee_plans": plans,
-            "payments": payments,
-        }]}
+            plans.append(
+                {
+                    "id": plan.id,
+                    "student_id": plan.student.id,
+                    "batch_id": plan.batch.id,
+                    "plan_type": plan.plan_type,
+                    "total_amount": plan.batch.fee,
+                    "discount_type": plan.discount_type,
+                    "discount_value": plan.discount_value,
+                    "final_amount": plan.final,
+                    "currency": CURRENCY,
+                    "status": plan.status,
+                    "notes": plan.notes,
+                    "created_at": created.isoformat(timespec="seconds"),
+                    "installments": [
+                        {
+                            "id": i.id,
+                            "sequence": i.seq,
+                            "amount_due": i.amount,
+                            "amount_paid": i.lms_paid,
+                            "due_date": i.due.isoformat(),
+                            "status": _inst_status(i, self.today),
+                            "label": i.label,
+                        }
+                        for i in plan.insts
+                    ],
+                }
+            )
+        return {
+            "rate_limit_per_minute": 60000,
+            "institutes": [
+                {
+                    "id": INSTITUTE_ID,
+                    "name": "Zensbot Academy (demo)",
+                    "suspended": False,
+                    "api_keys": [
+                        {
+                            "key": lms_api_key,
+                            "name": "feesync-demo",
+                            "scopes": ["fees:read", "fees:write", "students:read"],
+                            "expires_at": None,
+                            "revoked": False,
+                        }
+                    ],
+                    "batches": [{"id": b.id, "name": b.name} for b in BATCHES],
+                    "students": [
+                        {"id": s.id, "name": s.name, "email": s.email, "status": s.status}
+                        for s in self.students
+                    ],
+                    "fee_plans": plans,
+                    "payments": payments,
+                }
+            ],
+        }
 
     def erp_data(self, erp_api_key: str, erp_api_secret: str) -> dict[str, Any]:
         pes = sorted(self.all_pes(), key=lambda p: (p.created, p.name))  # type: ignore[arg-type,return-value]
         return {
             "site_time_zone": SITE_TZ_NAME,
-            "users": [{"user": "Administrator", "api_key": erp_api_key, "api_secret": erp_api_secret,
-                       "roles": ["System Manager"]}],
-            "custom_fields": {"Payment Entry": [PE_ZB_FIELD], "Sales Invoice": [SI_PLAN_FIELD, SI_BATCH_FIELD]},
+            "users": [
+                {
+                    "user": "Administrator",
+                    "api_key": erp_api_key,
+                    "api_secret": erp_api_secret,
+                    "roles": ["System Manager"],
+                }
+            ],
+            "custom_fields": {
+                "Payment Entry": [PE_ZB_FIELD],
+                "Sales Invoice": [SI_PLAN_FIELD, SI_BATCH_FIELD],
+            },
             "amend_naming": "Amend Counter",
             "rate_limit": None,
             "documents": {
                 "Payment Entry": [self._pe_doc(pe) for pe in pes],
-                "Sales Invoice": [self._si_doc(inv) for inv in sorted(self.invoices, key=lambda i: i.name)],
+                "Sales Invoice": [
+                    self._si_doc(inv) for inv in sorted(self.invoices, key=lambda i: i.name)
+                ],
                 "Customer": [self._customer_doc(c) for c in self.customers],
             },
         }
@@ -868,11 +1179,23 @@ class _Builder:
     def _customer_doc(self, c: _Customer) -> dict[str, Any]:
         modified = c.created + timedelta(microseconds=self.rng.randint(100_000, 900_000))
         doc: dict[str, Any] = {
-            "name": c.name, "owner": "Administrator", "creation": _ts(c.created), "modified": _ts(modified),
-            "modified_by": "Administrator", "docstatus": 0, "idx": 0, "naming_series": "CUST-.YYYY.-",
-            "customer_name": c.customer_name, "customer_type": "Individual", "customer_group": "Individual",
-            "territory": "Pakistan", "default_currency": CURRENCY, "mobile_no": c.mobile,
-            "email_id": c.email, "disabled": 0, "doctype": "Customer",
+            "name": c.name,
+            "owner": "Administrator",
+            "creation": _ts(c.created),
+            "modified": _ts(modified),
+            "modified_by": "Administrator",
+            "docstatus": 0,
+            "idx": 0,
+            "naming_series": "CUST-.YYYY.-",
+            "customer_name": c.customer_name,
+            "customer_type": "Individual",
+            "customer_group": "Individual",
+            "territory": "Pakistan",
+            "default_currency": CURRENCY,
+            "mobile_no": c.mobile,
+            "email_id": c.email,
+            "disabled": 0,
+            "doctype": "Customer",
         }
         if c.email:
             doc["customer_primary_contact"] = f"{c.customer_name}-{c.name}"
@@ -883,50 +1206,123 @@ class _Builder:
         total = sum(q * r for _, _, q, r in inv.items)
         is_return = inv.return_against is not None
         outstanding = grand if inv.docstatus == 2 else grand - inv.paid
-        child = {"owner": "Administrator", "creation": _ts(inv.created), "modified": _ts(inv.modified),  # type: ignore[arg-type]
-                 "modified_by": "Administrator", "docstatus": inv.docstatus, "parent": inv.name}
-        items = [{"name": self._hash(), **child, "idx": k, "item_code": code, "item_name": name,
-                  "description": name, "item_group": "Services", "qty": float(qty), "uom": "Nos",
-                  "rate": _f(rate), "amount": _f(qty * rate), "base_rate": _f(rate), "base_amount": _f(qty * rate),
-                  "income_account": "Sales - ZA", "cost_center": "Main - ZA",
-                  "parentfield": "items", "parenttype": "Sales Invoice", "doctype": "Sales Invoice Item"}
-                 for k, (code, name, qty, rate) in enumerate(inv.items, start=1)]
+        child = {
+            "owner": "Administrator",
+            "creation": _ts(inv.created),
+            "modified": _ts(inv.modified),  # type: ignore[arg-type]
+            "modified_by": "Administrator",
+            "docstatus": inv.docstatus,
+            "parent": inv.name,
+        }
+        items = [
+            {
+                "name": self._hash(),
+                **child,
+                "idx": k,
+                "item_code": code,
+                "item_name": name,
+                "description": name,
+                "item_group": "Services",
+                "qty": float(qty),
+                "uom": "Nos",
+                "rate": _f(rate),
+                "amount": _f(qty * rate),
+                "base_rate": _f(rate),
+                "base_amount": _f(qty * rate),
+                "income_account": "Sales - ZA",
+                "cost_center": "Main - ZA",
+                "parentfield": "items",
+                "parenttype": "Sales Invoice",
+                "doctype": "Sales Invoice Item",
+            }
+            for k, (code, name, qty, rate) in enumerate(inv.items, start=1)
+        ]
         schedule = []
         for row in inv.rows:
             paid = row.paid if (row.term and inv.docstatus == 1) else 0
-            schedule.append(_no_nulls({
-                "name": self._hash(), **child, "idx": row.idx, "payment_term": row.term,
-                "description": row.description, "due_date": row.due.isoformat(),
-                "invoice_portion": round(row.amount * 100 / grand, 9), "discount_type": "Percentage",
-                "discount": 0.0, "payment_amount": _f(row.amount), "outstanding": _f(row.amount - paid),
-                "paid_amount": _f(paid), "discounted_amount": 0.0, "base_payment_amount": _f(row.amount),
-                "base_outstanding": _f(row.amount - paid), "base_paid_amount": _f(paid),
-                "parentfield": "payment_schedule", "parenttype": "Sales Invoice", "doctype": "Payment Schedule",
-            }))
+            schedule.append(
+                _no_nulls(
+                    {
+                        "name": self._hash(),
+                        **child,
+                        "idx": row.idx,
+                        "payment_term": row.term,
+                        "description": row.description,
+                        "due_date": row.due.isoformat(),
+                        "invoice_portion": round(row.amount * 100 / grand, 9),
+                        "discount_type": "Percentage",
+                        "discount": 0.0,
+                        "payment_amount": _f(row.amount),
+                        "outstanding": _f(row.amount - paid),
+                        "paid_amount": _f(paid),
+                        "discounted_amount": 0.0,
+                        "base_payment_amount": _f(row.amount),
+                        "base_outstanding": _f(row.amount - paid),
+                        "base_paid_amount": _f(paid),
+                        "parentfield": "payment_schedule",
+                        "parenttype": "Sales Invoice",
+                        "doctype": "Payment Schedule",
+                    }
+                )
+            )
         due = max((r.due for r in inv.rows), default=inv.posting)
         doc: dict[str, Any] = {
-            "name": inv.name, "owner": "Administrator", "creation": _ts(inv.created), "modified": _ts(inv.modified),  # type: ignore[arg-type]
-            "modified_by": "Administrator", "docstatus": inv.docstatus, "idx": 0, "title": inv.customer.customer_name,
-            "naming_series": "ACC-SINV-.YYYY.-", "customer": inv.customer.name,
-            "customer_name": inv.customer.customer_name, "company": COMPANY, "posting_date": inv.posting.isoformat(),
-            "set_posting_time": 1, "due_date": due.isoformat(), "is_return": int(is_return),
+            "name": inv.name,
+            "owner": "Administrator",
+            "creation": _ts(inv.created),
+            "modified": _ts(inv.modified),  # type: ignore[arg-type]
+            "modified_by": "Administrator",
+            "docstatus": inv.docstatus,
+            "idx": 0,
+            "title": inv.customer.customer_name,
+            "naming_series": "ACC-SINV-.YYYY.-",
+            "customer": inv.customer.name,
+            "customer_name": inv.customer.customer_name,
+            "company": COMPANY,
+            "posting_date": inv.posting.isoformat(),
+            "set_posting_time": 1,
+            "due_date": due.isoformat(),
+            "is_return": int(is_return),
             "return_against": inv.return_against.name if inv.return_against else None,
-            "update_outstanding_for_self": 1, "currency": CURRENCY, "conversion_rate": 1.0,
-            "selling_price_list": "Standard Selling", "price_list_currency": CURRENCY,
-            "total_qty": float(sum(q for _, _, q, _ in inv.items)), "base_total": _f(total), "total": _f(total),
-            "base_net_total": _f(grand), "net_total": _f(grand), "apply_discount_on": "Grand Total",
-            "discount_amount": _f(inv.discount), "base_discount_amount": _f(inv.discount),
-            "additional_discount_percentage": 0.0, "base_grand_total": _f(grand), "grand_total": _f(grand),
-            "rounding_adjustment": 0.0, "base_rounded_total": _f(grand), "rounded_total": _f(grand),
-            "outstanding_amount": _f(outstanding), "total_advance": 0.0, "paid_amount": 0.0,
-            "debit_to": RECEIVABLE, "party_account_currency": CURRENCY, "is_opening": "No",
+            "update_outstanding_for_self": 1,
+            "currency": CURRENCY,
+            "conversion_rate": 1.0,
+            "selling_price_list": "Standard Selling",
+            "price_list_currency": CURRENCY,
+            "total_qty": float(sum(q for _, _, q, _ in inv.items)),
+            "base_total": _f(total),
+            "total": _f(total),
+            "base_net_total": _f(grand),
+            "net_total": _f(grand),
+            "apply_discount_on": "Grand Total",
+            "discount_amount": _f(inv.discount),
+            "base_discount_amount": _f(inv.discount),
+            "additional_discount_percentage": 0.0,
+            "base_grand_total": _f(grand),
+            "grand_total": _f(grand),
+            "rounding_adjustment": 0.0,
+            "base_rounded_total": _f(grand),
+            "rounded_total": _f(grand),
+            "outstanding_amount": _f(outstanding),
+            "total_advance": 0.0,
+            "paid_amount": 0.0,
+            "debit_to": RECEIVABLE,
+            "party_account_currency": CURRENCY,
+            "is_opening": "No",
             "contact_email": inv.customer.email.strip() if inv.customer.email else None,
-            "payment_terms_template": inv.template, "customer_group": "Individual", "territory": "Pakistan",
-            "status": _si_status(inv, outstanding, self.today), "remarks": inv.remarks,
+            "payment_terms_template": inv.template,
+            "customer_group": "Individual",
+            "territory": "Pakistan",
+            "status": _si_status(inv, outstanding, self.today),
+            "remarks": inv.remarks,
             SI_PLAN_FIELD: str(inv.plan.id) if inv.plan else None,
             SI_BATCH_FIELD: inv.batch.name if inv.batch and inv.set_batch else None,
-            "doctype": "Sales Invoice", "items": items, "payment_schedule": schedule,
-            "payments": [], "advances": [], "taxes": [],
+            "doctype": "Sales Invoice",
+            "items": items,
+            "payment_schedule": schedule,
+            "payments": [],
+            "advances": [],
+            "taxes": [],
         }
         if is_return:
             doc["select_print_heading"] = "Credit Note"
@@ -944,45 +1340,110 @@ class _Builder:
             paid_to, to_type = pe.mode.account, pe.mode.account_type
         elif pe.payment_type == "Pay":
             party_type, party, party_name = "Supplier", pe.supplier, pe.supplier
-            paid_from, from_type, paid_to, to_type = pe.mode.account, pe.mode.account_type, PAYABLE, "Payable"
+            paid_from, from_type, paid_to, to_type = (
+                pe.mode.account,
+                pe.mode.account_type,
+                PAYABLE,
+                "Payable",
+            )
         else:
             party_type = party = party_name = None
-            paid_from, from_type, paid_to, to_type = pe.mode.account, pe.mode.account_type, "Meezan Bank - ZA", "Bank"
+            paid_from, from_type, paid_to, to_type = (
+                pe.mode.account,
+                pe.mode.account_type,
+                "Meezan Bank - ZA",
+                "Bank",
+            )
         status = {0: "Draft", 1: "Submitted", 2: "Cancelled"}[pe.docstatus]
         posting = pe.posting.isoformat()  # type: ignore[union-attr]
         money = f"{pe.currency} {_f(pe.amount)!r}"
-        lines = [f"Amount {money} {'received from' if pe.payment_type == 'Receive' else 'paid to'} "
-                 f"{party_name or paid_to}"]
+        lines = [
+            f"Amount {money} {'received from' if pe.payment_type == 'Receive' else 'paid to'} "
+            f"{party_name or paid_to}"
+        ]
         if pe.ref_no:
             lines.append(f"Transaction reference no {pe.ref_no} dated {posting}")
-        lines += [f"Amount {pe.currency} {_f(r.alloc)!r} against Sales Invoice {r.inv.name}" for r in pe.refs]
-        child = {"owner": "Administrator", "creation": _ts(pe.created), "modified": _ts(pe.modified),  # type: ignore[arg-type]
-                 "modified_by": "Administrator", "docstatus": pe.docstatus, "parent": pe.name}
-        refs = [_no_nulls({
-            "name": self._hash(), **child, "idx": k, "reference_doctype": "Sales Invoice",
-            "reference_name": r.inv.name, "due_date": max(x.due for x in r.inv.rows).isoformat(),
-            "payment_term": r.row.term, "payment_term_outstanding": _f(r.term_outstanding) if r.row.term else None,
-            "total_amount": _f(r.inv.grand), "outstanding_amount": _f(r.outstanding), "allocated_amount": _f(r.alloc),
-            "exchange_rate": 1.0, "exchange_gain_loss": 0.0, "account": RECEIVABLE,
-            "parentfield": "references", "parenttype": "Payment Entry", "doctype": "Payment Entry Reference",
-        }) for k, r in enumerate(pe.refs, start=1)]
+        lines += [
+            f"Amount {pe.currency} {_f(r.alloc)!r} against Sales Invoice {r.inv.name}"
+            for r in pe.refs
+        ]
+        child = {
+            "owner": "Administrator",
+            "creation": _ts(pe.created),
+            "modified": _ts(pe.modified),  # type: ignore[arg-type]
+            "modified_by": "Administrator",
+            "docstatus": pe.docstatus,
+            "parent": pe.name,
+        }
+        refs = [
+            _no_nulls(
+                {
+                    "name": self._hash(),
+                    **child,
+                    "idx": k,
+                    "reference_doctype": "Sales Invoice",
+                    "reference_name": r.inv.name,
+                    "due_date": max(x.due for x in r.inv.rows).isoformat(),
+                    "payment_term": r.row.term,
+                    "payment_term_outstanding": _f(r.term_outstanding) if r.row.term else None,
+                    "total_amount": _f(r.inv.grand),
+                    "outstanding_amount": _f(r.outstanding),
+                    "allocated_amount": _f(r.alloc),
+                    "exchange_rate": 1.0,
+                    "exchange_gain_loss": 0.0,
+                    "account": RECEIVABLE,
+                    "parentfield": "references",
+                    "parenttype": "Payment Entry",
+                    "doctype": "Payment Entry Reference",
+                }
+            )
+            for k, r in enumerate(pe.refs, start=1)
+        ]
         doc = {
-            "name": pe.name, "owner": "Administrator", "creation": _ts(pe.created), "modified": _ts(pe.modified),  # type: ignore[arg-type]
-            "modified_by": "Administrator", "docstatus": pe.docstatus, "idx": 0, "naming_series": "ACC-PAY-.YYYY.-",
-            "payment_type": pe.payment_type, "posting_date": posting, "company": COMPANY,
-            "mode_of_payment": pe.mode.name, "party_type": party_type, "party": party, "party_name": party_name,
+            "name": pe.name,
+            "owner": "Administrator",
+            "creation": _ts(pe.created),
+            "modified": _ts(pe.modified),  # type: ignore[arg-type]
+            "modified_by": "Administrator",
+            "docstatus": pe.docstatus,
+            "idx": 0,
+            "naming_series": "ACC-PAY-.YYYY.-",
+            "payment_type": pe.payment_type,
+            "posting_date": posting,
+            "company": COMPANY,
+            "mode_of_payment": pe.mode.name,
+            "party_type": party_type,
+            "party": party,
+            "party_name": party_name,
             "contact_email": ((pe.customer.email or "").strip() or None) if pe.customer else None,
-            "paid_from": paid_from, "paid_from_account_type": from_type,
-            "paid_from_account_currency": pe.currency, "paid_to": paid_to, "paid_to_account_type": to_type,
-            "paid_to_account_currency": CURRENCY, "paid_amount": _f(pe.amount), "source_exchange_rate": pe.rate / 100,
-            "base_paid_amount": _f(base_paid), "received_amount": _f(base_paid), "target_exchange_rate": 1.0,
-            "base_received_amount": _f(base_paid), "total_allocated_amount": _f(allocated),
+            "paid_from": paid_from,
+            "paid_from_account_type": from_type,
+            "paid_from_account_currency": pe.currency,
+            "paid_to": paid_to,
+            "paid_to_account_type": to_type,
+            "paid_to_account_currency": CURRENCY,
+            "paid_amount": _f(pe.amount),
+            "source_exchange_rate": pe.rate / 100,
+            "base_paid_amount": _f(base_paid),
+            "received_amount": _f(base_paid),
+            "target_exchange_rate": 1.0,
+            "base_received_amount": _f(base_paid),
+            "total_allocated_amount": _f(allocated),
             "base_total_allocated_amount": _f(allocated * pe.rate // 100),
-            "unallocated_amount": _f(pe.amount - allocated) if pe.payment_type != "Internal Transfer" else 0.0,
-            "difference_amount": 0.0, "reference_no": pe.ref_no, "reference_date": posting if pe.ref_no else None,
-            PE_ZB_FIELD: pe.zb_id, "status": status, "remarks": "\n".join(lines),
+            "unallocated_amount": _f(pe.amount - allocated)
+            if pe.payment_type != "Internal Transfer"
+            else 0.0,
+            "difference_amount": 0.0,
+            "reference_no": pe.ref_no,
+            "reference_date": posting if pe.ref_no else None,
+            PE_ZB_FIELD: pe.zb_id,
+            "status": status,
+            "remarks": "\n".join(lines),
             "amended_from": pe.amended_from.name if pe.amended_from else None,
-            "title": party_name or paid_to, "doctype": "Payment Entry", "deductions": [], "references": refs,
+            "title": party_name or paid_to,
+            "doctype": "Payment Entry",
+            "deductions": [],
+            "references": refs,
             "taxes": [],
         }
         return _no_nulls(doc)
@@ -1035,8 +1496,14 @@ def _no_nulls(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- the answer key ------------------------------------------------------------------------------
-CONFLICT_KINDS = ("unknown_student", "ambiguous_plan", "currency_mismatch", "fractional_amount",
-                  "overpayment", "no_active_plan")
+CONFLICT_KINDS = (
+    "unknown_student",
+    "ambiguous_plan",
+    "currency_mismatch",
+    "fractional_amount",
+    "overpayment",
+    "no_active_plan",
+)
 SKIP_REASONS = ("not_customer_receipt", "cancelled", "lms_originated")
 
 
@@ -1056,15 +1523,31 @@ class _LmsBook:
     def __init__(self, lms_seed: dict[str, Any]) -> None:
         inst = lms_seed["institutes"][0]
         self.students = {s["email"].strip().lower(): s for s in inst["students"] if s.get("email")}
-        self.plans = {p["id"]: {
-            "id": p["id"], "student_id": p["student_id"], "currency": p["currency"], "status": p["status"],
-            "insts": [{"id": i["id"], "due": i["amount_due"], "paid": i["amount_paid"],
-                       "closed": i["status"] in ("paid", "waived")}
-                      for i in sorted(p["installments"], key=lambda i: i["sequence"])],
-        } for p in inst["fee_plans"]}
+        self.plans = {
+            p["id"]: {
+                "id": p["id"],
+                "student_id": p["student_id"],
+                "currency": p["currency"],
+                "status": p["status"],
+                "insts": [
+                    {
+                        "id": i["id"],
+                        "due": i["amount_due"],
+                        "paid": i["amount_paid"],
+                        "closed": i["status"] in ("paid", "waived"),
+                    }
+                    for i in sorted(p["installments"], key=lambda i: i["sequence"])
+                ],
+            }
+            for p in inst["fee_plans"]
+        }
 
     def active_plans(self, student_id: int) -> list[dict[str, Any]]:
-        return [p for p in self.plans.values() if p["student_id"] == student_id and p["status"] == "active"]
+        return [
+            p
+            for p in self.plans.values()
+            if p["student_id"] == student_id and p["status"] == "active"
+        ]
 
     @staticmethod
     def remaining(inst: dict[str, Any]) -> int:
@@ -1091,8 +1574,9 @@ class _LmsBook:
             plan["status"] = "completed"
 
 
-def _classify(pe: dict[str, Any], book: _LmsBook, customers: dict[str, Any], invoices: dict[str, Any]
-              ) -> tuple[str, list[tuple[dict[str, Any], dict[str, Any] | None, float]]]:
+def _classify(
+    pe: dict[str, Any], book: _LmsBook, customers: dict[str, Any], invoices: dict[str, Any]
+) -> tuple[str, list[tuple[dict[str, Any], dict[str, Any] | None, float]]]:
     if pe.get("payment_type") != "Receive" or pe.get("party_type") != "Customer":
         return "not_customer_receipt", []
     if pe["docstatus"] == 2:
@@ -1113,7 +1597,9 @@ def _classify(pe: dict[str, Any], book: _LmsBook, customers: dict[str, Any], inv
             plan = book.plans[int(inv[SI_PLAN_FIELD])]
             inst = None
             if ref.get("payment_term"):
-                pos = [r.get("payment_term") for r in inv["payment_schedule"]].index(ref["payment_term"])
+                pos = [r.get("payment_term") for r in inv["payment_schedule"]].index(
+                    ref["payment_term"]
+                )
                 inst = plan["insts"][pos]
             targets.append((plan, inst, ref["allocated_amount"]))
     else:
@@ -1133,7 +1619,9 @@ def _classify(pe: dict[str, Any], book: _LmsBook, customers: dict[str, Any], inv
     return "push", targets
 
 
-def _answer_key(lms_seed: dict[str, Any], erp_data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+def _answer_key(
+    lms_seed: dict[str, Any], erp_data: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
     docs = erp_data["documents"]
     book = _LmsBook(lms_seed)
     customers = {c["name"]: c for c in docs["Customer"]}
@@ -1163,9 +1651,13 @@ def _answer_key(lms_seed: dict[str, Any], erp_data: dict[str, Any]) -> tuple[dic
             pushed[pe["name"]] = []
             for plan, inst, amount in targets:
                 book.apply(plan, inst, int(amount))
-                pushed[pe["name"]].append({"fee_plan_id": plan["id"],
-                                           "fee_installment_id": inst["id"] if inst else None,
-                                           "amount": int(amount)})
+                pushed[pe["name"]].append(
+                    {
+                        "fee_plan_id": plan["id"],
+                        "fee_installment_id": inst["id"] if inst else None,
+                        "amount": int(amount),
+                    }
+                )
     payments = [t for ts in pushed.values() for t in ts]
     key = {
         "receipts_pushable": len(pushed),
@@ -1193,10 +1685,17 @@ def answer_key(lms_seed: dict[str, Any], erp_data: dict[str, Any]) -> dict[str, 
 
 
 # --- public API ----------------------------------------------------------------------------------
-def build_demo(seed: int = 7, *, n_students: int = 220, n_payments_min: int = 1000,
-               lms_api_key: str = "zl_demo_sandbox_key", erp_api_key: str = "demo_erp_key",
-               erp_api_secret: str = "demo_erp_secret", base: datetime = DEFAULT_BASE) -> DemoData:
-    """Build the LMS seed, the matching ERPNext data set and the answer key (deterministic per seed)."""
+def build_demo(
+    seed: int = 7,
+    *,
+    n_students: int = 220,
+    n_payments_min: int = 1000,
+    lms_api_key: str = "zl_demo_sandbox_key",
+    erp_api_key: str = "demo_erp_key",
+    erp_api_secret: str = "demo_erp_secret",  # noqa: S107 - the ERPNext fake's demo credential
+    base: datetime = DEFAULT_BASE,
+) -> DemoData:
+    """Build the LMS seed, the matching ERPNext data and the answer key (same seed, same data)."""
     b = _Builder(seed, n_students, n_payments_min, base)
     b.make_students()
     b.make_customers()
@@ -1204,35 +1703,57 @@ def build_demo(seed: int = 7, *, n_students: int = 220, n_payments_min: int = 10
     b.build_invoice_edges()
     b.build_receipt_edges()
     b.top_up()
-    b.finish_overpayments()
     tie_at = b.assign_times()
     b.assign_names()
     b.replay()
     lms_seed = b.lms_seed(lms_api_key)
     erp_data = b.erp_data(erp_api_key, erp_api_secret)
     expected, outcome = _answer_key(lms_seed, erp_data)
-    wrong = [(pe.name, pe.intent, outcome.get(pe.name)) for pe in b.all_pes() if outcome.get(pe.name) != pe.intent]
+    wrong = [
+        (pe.name, pe.intent, outcome.get(pe.name))
+        for pe in b.all_pes()
+        if outcome.get(pe.name) != pe.intent
+    ]
     if wrong:
         raise RuntimeError(f"demo data generator is inconsistent with its answer key: {wrong[:5]}")
     invoices = sorted(b.invoices, key=lambda i: i.name)
-    expected.update({
-        "native_invoices": [i.name for i in invoices if i.plan is None and i.docstatus == 1
-                            and i.return_against is None and i.customer.student is not None],
-        "unknown_student_invoices": [i.name for i in invoices if i.customer.student is None],
-        "credit_notes": [i.name for i in invoices if i.return_against is not None],
-        "cancelled_invoices": [i.name for i in invoices if i.docstatus == 2],
-        "tie_modified": _ts(tie_at),
-        "tie_names": sorted(pe.name for pe in b.all_pes() if pe.tie),
-        "groups": {group: sum(1 for s in b.students if s.group == group)
-                   for group in ("lms_plan", "native", "advance", "ambiguous", "no_plan", "cancelled_plan",
-                                 "lms_only")},
-        "counts": {
-            "students": len(b.students), "customers": len(b.customers), "fee_plans": len(b.plans),
-            "lms_seed_payments": len(lms_seed["institutes"][0]["payments"]),
-            "payment_entries": len(erp_data["documents"]["Payment Entry"]),
-            "sales_invoices": len(erp_data["documents"]["Sales Invoice"]),
-        },
-    })
+    expected.update(
+        {
+            "native_invoices": [
+                i.name
+                for i in invoices
+                if i.plan is None
+                and i.docstatus == 1
+                and i.return_against is None
+                and i.customer.student is not None
+            ],
+            "unknown_student_invoices": [i.name for i in invoices if i.customer.student is None],
+            "credit_notes": [i.name for i in invoices if i.return_against is not None],
+            "cancelled_invoices": [i.name for i in invoices if i.docstatus == 2],
+            "tie_modified": _ts(tie_at),
+            "tie_names": sorted(pe.name for pe in b.all_pes() if pe.tie),
+            "groups": {
+                group: sum(1 for s in b.students if s.group == group)
+                for group in (
+                    "lms_plan",
+                    "native",
+                    "advance",
+                    "ambiguous",
+                    "no_plan",
+                    "cancelled_plan",
+                    "lms_only",
+                )
+            },
+            "counts": {
+                "students": len(b.students),
+                "customers": len(b.customers),
+                "fee_plans": len(b.plans),
+                "lms_seed_payments": len(lms_seed["institutes"][0]["payments"]),
+                "payment_entries": len(erp_data["documents"]["Payment Entry"]),
+                "sales_invoices": len(erp_data["documents"]["Sales Invoice"]),
+            },
+        }
+    )
     return DemoData(lms_seed, erp_data, expected)
 
 

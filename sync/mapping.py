@@ -27,6 +27,7 @@ from sync.times import iso_with_offset, local_midnight
 KIND_CUSTOMER = "customer_student"
 KIND_INVOICE = "invoice_plan"
 KIND_INSTALLMENT = "plan_installment"
+KIND_PLAN_CURRENCY = "plan_currency"
 
 
 @dataclass
@@ -192,20 +193,26 @@ class Resolver:
                 suffix = f"{plan_id}" + (f"-{seq}" if seq is not None else "")
                 writes.append(self._payment(conn, ev, f"{ev.doc_id}/{suffix}", plan_id, seq,
                                             targets[(plan_id, seq)], method))
-        self._check_currency(ev, writes)
+        self._check_currency(conn, ev, writes)
         return writes
 
-    def _check_currency(self, ev: PaymentReceived, writes: list[PlannedWrite]) -> None:
+    def plan_currency(self, conn: Connection, plan_id: str) -> str:
+        """A plan's currency never changes: read once from the LMS, then from the state store."""
+        cached = self.store.get_mapping(conn, KIND_PLAN_CURRENCY, "*", plan_id)
+        if cached:
+            return cached
+        plan = self._plan_by_id.get(plan_id) or self.plan(plan_id)
+        cur = str(plan.get(C.PLAN_CURRENCY) or C.DEFAULT_CURRENCY)
+        if self.learn:
+            self.store.set_mapping(conn, KIND_PLAN_CURRENCY, "*", plan_id, cur, "learned")
+        return cur
+
+    def _check_currency(self, conn: Connection, ev: PaymentReceived, writes: list[PlannedWrite]) -> None:
         for w in writes:
-            plan = self._plan_by_id.get(w.plan_id or "")
-            if plan is None and w.plan_id:
-                plan = self.plan(w.plan_id)
-            cur = str((plan or {}).get(C.PLAN_CURRENCY, C.DEFAULT_CURRENCY))
+            cur = self.plan_currency(conn, w.plan_id or "")
             if cur != ev.currency:
                 raise ConflictError("currency_mismatch", f"receipt is in {ev.currency}; LMS plan {w.plan_id} is in "
                                     f"{cur}", definitive=False)
-            if plan is not None and w.student_id is None:
-                w.student_id = str(plan.get(C.PLAN_STUDENT_ID)) if plan.get(C.PLAN_STUDENT_ID) is not None else None
 
     def _payment(self, conn: Connection, ev: PaymentReceived, key: str, plan_id: str, seq: int | None,
                  amount: Decimal, method: str) -> PlannedWrite:

@@ -22,3 +22,48 @@ def fixture_path(name: str) -> Path:
 @pytest.fixture
 def python_exe() -> str:
     return sys.executable
+
+
+@pytest.fixture
+def sandboxes():
+    """Start an LMS sandbox and an ERPNext fake for a scenario dict; stopped at teardown."""
+    from sync.sandbox.erpnext import ERPNextFake
+    from sync.sandbox.lms import LmsSandbox
+    started = []
+
+    def start(scn, *, rate_limit=None, erp_clock=None):
+        lms = LmsSandbox(scn["lms_seed"], rate_limit_per_minute=rate_limit).start()
+        erp = ERPNextFake(scn["erp_data"], clock=erp_clock).start() if erp_clock else ERPNextFake(scn["erp_data"]).start()
+        started.extend([lms, erp])
+        return lms, erp
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def make_app(tmp_path):
+    """Build a real App (SQLite file in tmp_path) against running sandboxes, as a user's config would."""
+    from sync.app import build_app
+    from sync.config import Settings
+    from tests import scenario
+    apps = []
+
+    def make(lms, erp, *, page_size=100, lookback="10m", lag="0s", state=None, lms_overrides=None,
+             mapping=None, erp_user=None, lms_key=scenario.LMS_KEY):
+        user = erp_user or {"api_key": scenario.ERP_KEY, "api_secret": scenario.ERP_SECRET}
+        settings = Settings(
+            state_path=str(state or tmp_path / "state.db"), log_format="json",
+            lms={"base_url": lms.base_url, "api_key": lms_key, "rate_limit_per_minute": 100000,
+                 "max_attempts": 4, "max_retry_seconds": 5, "limiter_path": str(tmp_path / "pacing.db"),
+                 **(lms_overrides or {})},
+            sources={"erp": {"connector": "erpnext", "interval": "1m", "lookback": lookback, "lag": lag,
+                             "mapping": mapping or {},
+                             "settings": {"url": erp.url, "page_size": page_size, "max_attempts": 2,
+                                          "max_retry_seconds": 2, **user}}})
+        app = build_app(settings, sleep=lambda s: None)
+        apps.append(app)
+        return app
+    yield make
+    for a in apps:
+        a.close()

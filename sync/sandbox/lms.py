@@ -312,6 +312,10 @@ class LmsSandbox:
             seed = load_seed(seed)
         self._state = LmsState(copy.deepcopy(seed), clock, rate_limit_per_minute)
         self.faults = Faults()
+        # test hook: called after a request was handled (state changed) and before its answer is sent;
+        # the crash tests use it to kill the daemon between the LMS applying a write and the daemon
+        # recording the outcome.
+        self.on_response: Callable[[str, str, int], None] | None = None
         self.host = host
         self._requested_port = port
         self._server: _Server | None = None
@@ -436,6 +440,9 @@ class LmsSandbox:
                 resp = Response.json(422, {C.ERR_DETAIL: exc.errors})
             except Exception:  # noqa: BLE001 - a bug answers 500, the server lives on
                 resp = Response.json(500, {C.ERR_DETAIL: "Internal server error"})
+            hook = self.on_response
+            if hook is not None:
+                hook(method, path, resp.status)
             if drop is not None:
                 state.count("dropped")
                 h._drop()
