@@ -187,32 +187,38 @@ def _render_runs(results: list[Any], dry_run: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Per source: cursor, last run, document counts, open conflicts."""
+    """Per source: cursor and its lag, last run, last success, document counts, open conflicts."""
     from sync import ops
-    from sync.state import Store
     settings = _settings(ctx)
-    store = Store.open(settings.state_path, create=False)
+    store = _store(ctx)
     try:
-        data = ops.status(store, list(settings.sources))
+        data = ops.status(store, list(settings.sources), settings=settings)
     finally:
         store.close()
 
     def render(d: dict[str, Any]) -> None:
-        t = Table("source", "cursor", "last run", "status", "pushed", "skipped", "conflict", "pending", "open conflicts")
+        t = Table("source", "cursor", "lag", "last run", "status", "last success", "pushed", "skipped", "conflict",
+                  "pending", "open", box=None, header_style="bold")
         for s in d["sources"]:
             last = s["last_run"] or {}
             docs = s["documents"]
-            t.add_row(s["source"], (s["cursor"] or {}).get("changed_at", "-"), last.get("finished_at") or "-",
-                      last.get("status", "-"), str(docs.get("pushed", 0)), str(docs.get("skipped", 0)),
+            t.add_row(s["source"], _short_ts((s["cursor"] or {}).get("changed_at")),
+                      "-" if s["lag_seconds"] is None else ops._age(s["lag_seconds"]),
+                      _short_ts(last.get("finished_at")), last.get("status", "-"), _short_ts(s["last_success"]),
+                      str(docs.get("pushed", 0)), str(docs.get("skipped", 0)),
                       str(docs.get("conflict", 0) + docs.get("held", 0)), str(docs.get("pending", 0)),
                       str(s["open_conflicts"]))
         console.print(t)
     _emit(data, as_json, render)
 
 
+def _short_ts(value: str | None) -> str:
+    return value[:16].replace("T", " ") if value else "-"
+
+
 @cli.group()
 def conflicts() -> None:
-    """Review and resolve conflicts."""
+    """Review and fix conflicts: list, show, resolve, ignore, retry, map, export."""
 
 
 def _store(ctx: click.Context) -> Any:
@@ -220,29 +226,88 @@ def _store(ctx: click.Context) -> Any:
     return Store.open(_settings(ctx.find_root()).state_path, create=False)
 
 
+def _filter_options(f: Any) -> Any:
+    """The filters every conflict-selecting command shares."""
+    for opt in reversed([
+        click.option("--kind", "kinds", multiple=True, help="Only this kind (repeatable)."),
+        click.option("--source", default=None, help="Only this source."),
+        click.option("--student", default=None, help="ERP customer (part of the name) or LMS student id."),
+        click.option("--older-than", default=None, help="Opened more than this long ago (e.g. 2d, 12h)."),
+        click.option("--newer-than", default=None, help="Opened less than this long ago."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _filters(kinds: tuple[str, ...], source: str | None, student: str | None, older_than: str | None,
+             newer_than: str | None) -> dict[str, Any]:
+    from sync.times import parse_duration
+    for name, value in (("--older-than", older_than), ("--newer-than", newer_than)):
+        if value:
+            try:
+                parse_duration(value)
+            except ConfigError:
+                raise click.BadParameter(f"{value!r} is not a duration (e.g. 2d, 12h, 30m)", param_hint=name) from None
+    return {"kind": list(kinds) or None, "source": source, "student": student, "older_than": older_than,
+            "newer_than": newer_than}
+
+
+def _money_line(money: dict[str, str]) -> str:
+    from sync import ops
+    return ", ".join(ops.money_display(v, c) for c, v in money.items()) or "-"
+
+
+def _conflict_table(rows: list[dict[str, Any]], *, show_status: bool = False) -> Table:
+    from sync import ops
+    t = Table(box=None, header_style="bold", pad_edge=False, expand=False)
+    t.add_column("id", justify="right", no_wrap=True)
+    if show_status:
+        t.add_column("status", no_wrap=True)
+    t.add_column("kind", no_wrap=True, overflow="ellipsis", max_width=22)
+    t.add_column("source", no_wrap=True, overflow="ellipsis", max_width=14)
+    t.add_column("document", no_wrap=True, overflow="ellipsis", max_width=24)
+    t.add_column("customer", no_wrap=True, overflow="ellipsis", max_width=20)
+    t.add_column("amount", justify="right", no_wrap=True)
+    t.add_column("age", justify="right", no_wrap=True)
+    t.add_column("detail", no_wrap=True, overflow="ellipsis", ratio=1, min_width=10)
+    for c in rows:
+        cells = [str(c["id"])] + ([c["status"]] if show_status else []) + [
+            c["kind"], c["source"], c["doc_id"], c["customer"] or "-", ops.money_display(c["amount"], c["currency"]),
+            c["age"], c["detail"]]
+        t.add_row(*cells)
+    return t
+
+
 @conflicts.command("list")
 @click.option("--status", "status_", default="open", type=click.Choice(["open", "resolved", "ignored", "all"]))
-@click.option("--kind", default=None)
-@click.option("--source", default=None)
+@_filter_options
+@click.option("--sort", default="id", type=click.Choice(["id", "amount", "age"]),
+              help="amount: largest first; age: oldest first.")
+@click.option("--limit", default=None, type=int, help="Show at most N (the totals cover all that match).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def conflicts_list(ctx: click.Context, status_: str, kind: str | None, source: str | None, as_json: bool) -> None:
+def conflicts_list(ctx: click.Context, status_: str, kinds: tuple[str, ...], source: str | None, student: str | None,
+                   older_than: str | None, newer_than: str | None, sort: str, limit: int | None, as_json: bool) -> None:
+    """List conflicts with their amounts; totals by kind and the money at stake at the end."""
     from sync import ops
+    filters = _filters(kinds, source, student, older_than, newer_than)
     store = _store(ctx)
     try:
-        rows = ops.list_conflicts(store, status=status_, kind=kind, source=source)
+        rows = ops.list_conflicts(store, status=status_, sort=sort, **filters)
     finally:
         store.close()
+    payload = ops.conflicts_payload(rows)
+    if limit:
+        payload["conflicts"] = rows[:limit]
 
     def render(data: dict[str, Any]) -> None:
-        t = Table("id", "source", "document", "kind", "amount", "age", "detail")
-        for c in data["conflicts"]:
-            t.add_row(str(c["id"]), c["source"], c["doc_id"], c["kind"],
-                      f"{c['amount'] or ''} {c['currency'] or ''}".strip(), c["age"], c["detail"][:70])
-        console.print(t)
-        console.print(f"{len(data['conflicts'])} conflict(s); by kind: "
-                      + ", ".join(f"{k} {v}" for k, v in sorted(data["by_kind"].items())), highlight=False)
-    _emit(ops.conflicts_payload(rows), as_json, render)
+        console.print(_conflict_table(data["conflicts"], show_status=status_ != "open"))
+        shown = f" (showing {len(data['conflicts'])})" if len(data["conflicts"]) < data["total"] else ""
+        console.print(f"{data['total']} conflict(s){shown}; money at stake: {_money_line(data['money_at_stake'])}",
+                      highlight=False)
+        if data["by_kind"]:
+            console.print("by kind: " + ", ".join(f"{k} {v}" for k, v in data["by_kind"].items()), highlight=False)
+    _emit(payload, as_json, render)
 
 
 @conflicts.command("show")
@@ -250,73 +315,321 @@ def conflicts_list(ctx: click.Context, status_: str, kind: str | None, source: s
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def conflicts_show(ctx: click.Context, conflict_id: int, as_json: bool) -> None:
+    """One conflict: the ERP document, what was sent, what the LMS said, and what to do next."""
     from sync import ops
+    settings = _settings(ctx.find_root())
     store = _store(ctx)
     try:
-        data = ops.show_conflict(store, conflict_id)
+        data = ops.show_conflict(store, conflict_id, settings=settings)
     finally:
         store.close()
     if data is None:
         _fail(f"no conflict {conflict_id}")
 
     def render(d: dict[str, Any]) -> None:
-        for k in ("id", "status", "kind", "source", "doc_id", "amount", "currency", "customer", "lms_receipt",
-                  "detail", "next_step"):
-            console.print(f"[bold]{k:>12}[/bold]  {d.get(k) if d.get(k) is not None else '-'}", highlight=False)
-        for label in ("request", "response"):
-            if d.get(label):
-                console.print(f"[bold]{label:>12}[/bold]  {json.dumps(d[label], default=str)}", highlight=False)
+        def line(label: str, value: Any) -> None:
+            console.print(f"[bold]{label:>13}[/bold]  {value if value not in (None, '') else '-'}", highlight=False)
+        line("conflict", f"#{d['id']} {d['kind']} ({d['status']})")
+        line("document", f"{d['source']} / {d['doc_id']}")
+        line("customer", d["customer"])
+        line("amount", ops.money_display(d["amount"], d["currency"]))
+        line("LMS receipt", d["lms_receipt"])
+        line("opened", f"{_short_ts(d['created_at'])} ({d['age']} ago), attempts {d['attempts']}, "
+                       f"automatic retries {d['auto_retries']}")
+        line("detail", d["detail"])
+        if d["status"] != "open":
+            line("closed", f"{_short_ts(d['resolved_at'])} by {d['resolved_by']}: {d['note'] or ''}")
+        console.print("\n[bold]What to do next[/bold]")
+        console.print(f"  {d['next_step']}", highlight=False)
+        for cmd in d["commands"]:
+            console.print(f"    $ {cmd}", highlight=False, soft_wrap=True)
+        doc = d.get("document")
+        if doc:
+            console.print("\n[bold]The ERP document[/bold]")
+            keys = ("customer", "customer_email", "amount", "currency", "posting_date", "method", "reference_number",
+                    "amended_from")
+            for k in keys:
+                if doc.get(k) not in (None, ""):
+                    console.print(f"  {k}: {doc[k]}", highlight=False)
+            for r in doc.get("references") or []:
+                console.print(f"  reference: {r.get('invoice_id') or '-'} {r.get('amount')} "
+                              f"{r.get('installment_term') or ''} plan {r.get('lms_plan_id') or '-'}", highlight=False)
+        console.print("\n[bold]What was sent to the LMS[/bold]")
+        if not d["writes"]:
+            console.print("  nothing: it stopped at mapping" + (
+                f" (request as mapped: {json.dumps(d['request'], default=str)})" if d.get("request") else ""),
+                highlight=False)
+        for w in d["writes"]:
+            console.print(f"  {w['method']} {w['path']}  key {w['key']}  {w['status']} ({w['attempts']} attempt(s))",
+                          highlight=False)
+            console.print(f"    body: {json.dumps(w['body'], default=str)}", highlight=False)
+        console.print("\n[bold]What the LMS said[/bold]")
+        console.print(f"  {json.dumps(d['response'], default=str) if d.get('response') else '-'}", highlight=False)
+        console.print("\n[bold]History[/bold]")
         for h in d.get("history", []):
-            console.print(f"{'':>14}{h['at']}  {h['action']} by {h['actor']}  {h['note'] or ''}", highlight=False)
+            console.print(f"  {_short_ts(h['at'])}  {h['action']} by {h['actor']}  {h['note'] or ''}", highlight=False)
     _emit(data, as_json, render)
 
 
-def _set_status(ctx: click.Context, ids: tuple[int, ...], status_: str, note: str, actor: str) -> None:
+def _change_status(ctx: click.Context, ids: tuple[int, ...], status_: str, note: str, actor: str,
+                   as_json: bool) -> None:
     from sync import ops
     store = _store(ctx)
     try:
-        changed = ops.set_status(store, list(ids), status_, actor=actor, note=note)
+        try:
+            outcomes = ops.change_status(store, list(ids), status_, actor=actor, note=note)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--note") from None
     finally:
         store.close()
-    console.print(f"{changed} conflict(s) marked {status_}")
+    changed = sum(1 for o in outcomes if o["changed"])
+
+    def render(d: dict[str, Any]) -> None:
+        for o in d["outcomes"]:
+            if not o["changed"]:
+                console.print(f"conflict {o['id']}: {o['outcome']} (unchanged)", highlight=False)
+        console.print(f"{d['changed']} conflict(s) marked {status_}", highlight=False)
+    _emit({"changed": changed, "outcomes": outcomes}, as_json, render)
+    if changed < len(ids):
+        sys.exit(EXIT_CONFLICTS)
+
+
+def _actor() -> str:
+    import getpass
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "cli"
 
 
 @conflicts.command("resolve")
 @click.argument("ids", type=int, nargs=-1, required=True)
 @click.option("--note", required=True, help="What was done (kept in the conflict's history).")
-@click.option("--by", "actor", default=lambda: __import__("getpass").getuser())
+@click.option("--by", "actor", default=_actor, help="Who did it (default: your login).")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def conflicts_resolve(ctx: click.Context, ids: tuple[int, ...], note: str, actor: str) -> None:
-    """Mark conflicts resolved by a person (e.g. after reversing an LMS receipt by hand)."""
-    _set_status(ctx, ids, "resolved", note, actor)
+def conflicts_resolve(ctx: click.Context, ids: tuple[int, ...], note: str, actor: str, as_json: bool) -> None:
+    """Mark open conflicts resolved by a person (e.g. after reversing an LMS receipt by hand)."""
+    _change_status(ctx, ids, "resolved", note, actor, as_json)
 
 
 @conflicts.command("ignore")
 @click.argument("ids", type=int, nargs=-1, required=True)
-@click.option("--note", required=True)
-@click.option("--by", "actor", default=lambda: __import__("getpass").getuser())
+@click.option("--note", required=True, help="Why nothing will be written for it.")
+@click.option("--by", "actor", default=_actor, help="Who decided (default: your login).")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def conflicts_ignore(ctx: click.Context, ids: tuple[int, ...], note: str, actor: str) -> None:
-    """Mark conflicts ignored (nothing will be written for them)."""
-    _set_status(ctx, ids, "ignored", note, actor)
+def conflicts_ignore(ctx: click.Context, ids: tuple[int, ...], note: str, actor: str, as_json: bool) -> None:
+    """Mark open conflicts ignored (nothing will be written for them)."""
+    _change_status(ctx, ids, "ignored", note, actor, as_json)
+
+
+def _render_retried(d: dict[str, Any]) -> None:
+    for o in d["retried"]:
+        console.print(f"conflict {o['id']} ({o['doc_id']}, {o['kind']}): {o['outcome']} -> {o['status']}",
+                      highlight=False, soft_wrap=True)
+    if "resolved" in d:
+        console.print(f"{d['resolved']} of {len(d['retried'])} resolved", highlight=False)
 
 
 @conflicts.command("retry")
-@click.argument("ids", type=int, nargs=-1, required=True)
+@click.argument("ids", type=int, nargs=-1)
+@_filter_options
+@click.option("--all", "all_", is_flag=True, help="Every open conflict a retry can act on.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (bulk retries ask).")
+@click.option("--by", "actor", default=_actor, help="Who retried (kept in the history).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def conflicts_retry(ctx: click.Context, ids: tuple[int, ...], as_json: bool) -> None:
-    """Re-map and re-send the documents behind these conflicts (new key revision where rule 12 allows)."""
+def conflicts_retry(ctx: click.Context, ids: tuple[int, ...], kinds: tuple[str, ...], source: str | None,
+                    student: str | None, older_than: str | None, newer_than: str | None, all_: bool, yes: bool,
+                    actor: str, as_json: bool) -> None:
+    """Re-map and re-send the documents behind conflicts: by id, or in bulk by filter (asks first).
+
+    The engine sends a new key revision only where sync-correctness rule 12 allows it; kinds where the
+    LMS already holds money (reversed_in_erp, changed_after_sync, idempotency_key_reused) are not retried.
+    Exit 0 when every retried conflict is resolved, 1 otherwise."""
     from sync import ops
     from sync.app import build_app
-    app = build_app(_settings(ctx.find_root()))
+    filters = _filters(kinds, source, student, older_than, newer_than)
+    bulk = any(v for v in filters.values()) or all_
+    if ids and bulk:
+        raise click.UsageError("name conflict ids or use filters/--all, not both")
+    if not ids and not bulk:
+        raise click.UsageError("name conflict ids, or select them with --kind/--source/--student/--older-than/--all")
+    settings = _settings(ctx.find_root())
+    app = build_app(settings)
     try:
-        outcomes = ops.retry_conflicts(app, list(ids))
+        if bulk:
+            rows = ops.list_conflicts(app.store, status="open", **filters)
+            targets = [r["id"] for r in rows if r["retryable"]]
+            if not targets:
+                _emit({"retried": [], "resolved": 0}, as_json, _render_retried)
+                return
+            money = ops.totals([r for r in rows if r["id"] in set(targets)])["money_at_stake"]
+            skipped = len(rows) - len(targets)
+            if not yes:
+                note = f" ({skipped} more cannot be retried: fix those by hand)" if skipped else ""
+                click.confirm(f"Retry {len(targets)} conflict(s), {_money_line(money)}{note}?", abort=True,
+                              err=True)
+        else:
+            targets = list(ids)
+        outcomes = ops.retry_conflicts(app, targets, actor=actor)
     finally:
         app.close()
-    _emit({"retried": outcomes}, as_json,
-          lambda d: [console.print(f"conflict {o['id']} ({o['doc_id']}): {o['outcome']}", highlight=False)
-                     for o in d["retried"]])
+    resolved = sum(1 for o in outcomes if o["status"] == "resolved")
+    _emit({"retried": outcomes, "resolved": resolved}, as_json, _render_retried)
+    sys.exit(EXIT_OK if resolved == len(outcomes) else EXIT_CONFLICTS)
+
+
+def _only_source(settings: Settings, source: str | None) -> str:
+    if source:
+        if source not in settings.sources:
+            raise ConfigError(f"unknown source {source!r}")
+        return source
+    if len(settings.sources) == 1:
+        return next(iter(settings.sources))
+    raise click.UsageError("several sources are configured: name one with --source")
+
+
+@conflicts.command("map")
+@click.option("--source", default=None, help="The source (needed when several are configured).")
+@click.option("--customer", default=None, help="ERP customer (exactly as in the ERP) ...")
+@click.option("--student", default=None, help="... to this LMS student id.")
+@click.option("--invoice", default=None, help="ERP invoice ...")
+@click.option("--plan", default=None, help="... to this LMS fee plan id.")
+@click.option("--no-verify", is_flag=True, help="Do not check that the LMS student/plan exists.")
+@click.option("--no-retry", is_flag=True, help="Only store the mapping.")
+@click.option("--by", "actor", default=_actor)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def conflicts_map(ctx: click.Context, source: str | None, customer: str | None, student: str | None,
+                  invoice: str | None, plan: str | None, no_verify: bool, no_retry: bool, actor: str,
+                  as_json: bool) -> None:
+    """Map an ERP customer to an LMS student (or an invoice to a plan), then retry what it unblocks.
+
+    Stored in the state store (origin `manual`); a mapping in the config file for the same customer or
+    invoice wins over it."""
+    from sync import ops
+    from sync.app import build_app
+    if bool(customer) == bool(invoice) or (customer and not student) or (invoice and not plan) \
+            or (customer and plan) or (invoice and student):
+        raise click.UsageError("use --customer NAME --student ID, or --invoice NAME --plan ID")
+    settings = _settings(ctx.find_root())
+    src = _only_source(settings, source)
+    kind, erp_id, lms_id = ((ops.KIND_CUSTOMER, customer, student) if customer else (ops.KIND_INVOICE, invoice, plan))
+    app = build_app(settings)
+    try:
+        try:
+            result = ops.add_mapping(app, kind, src, str(erp_id), str(lms_id), actor=actor, verify=not no_verify,
+                                     retry=not no_retry)
+        except ValueError as exc:
+            _fail(str(exc), EXIT_CONFLICTS)
+    finally:
+        app.close()
+
+    def render(d: dict[str, Any]) -> None:
+        console.print(f"mapped {d['kind']} {d['erp_id']!r} -> {d['lms_id']} (source {d['source']})"
+                      + (f", was {d['previous']}" if d["previous"] else ""), highlight=False)
+        if d["shadowed_by_config"]:
+            console.print(f"[yellow]note:[/yellow] the config file maps it to {d['shadowed_by_config']}, which wins",
+                          highlight=False)
+        console.print(f"{len(d['unblocked'])} open conflict(s) it unblocks", highlight=False)
+        _render_retried(d)
+    _emit(result, as_json, render)
+
+
+@conflicts.command("export")
+@click.option("--format", "fmt", required=True, type=click.Choice(["csv", "json"]))
+@click.option("--out", default="-", type=click.Path(dir_okay=False, allow_dash=True), help="File (default: stdout).")
+@click.option("--status", "status_", default="open", type=click.Choice(["open", "resolved", "ignored", "all"]))
+@_filter_options
+@click.option("--sort", default="id", type=click.Choice(["id", "amount", "age"]))
+@click.pass_context
+def conflicts_export(ctx: click.Context, fmt: str, out: str, status_: str, kinds: tuple[str, ...],
+                     source: str | None, student: str | None, older_than: str | None, newer_than: str | None,
+                     sort: str) -> None:
+    """Export conflicts (with amounts and next steps) as CSV or JSON."""
+    from sync import ops
+    filters = _filters(kinds, source, student, older_than, newer_than)
+    store = _store(ctx)
+    try:
+        rows = ops.list_conflicts(store, status=status_, sort=sort, **filters)
+    finally:
+        store.close()
+    text = ops.export(rows, fmt)
+    if out == "-":
+        click.echo(text, nl=False)
+    else:
+        Path(out).write_text(text, encoding="utf-8")
+        err_console.print(f"{len(rows)} conflict(s) written to {out}", highlight=False)
+
+
+# --- report and reconciliation -------------------------------------------------------------------------
+@cli.command()
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for the report (default: report_dir).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def report(ctx: click.Context, out_dir: str | None, as_json: bool) -> None:
+    """Write the HTML report (self-contained, prints well) and CSV files of the open conflicts."""
+    from sync.report import write_report
+    settings = _settings(ctx)
+    store = _store(ctx)
+    try:
+        result = write_report(store, settings, out_dir or settings.report_dir)
+    finally:
+        store.close()
+
+    def render(d: dict[str, Any]) -> None:
+        t = d["totals"]
+        console.print(f"report: {d['html']}", highlight=False, soft_wrap=True)
+        console.print(f"csv:    {d['conflicts_csv']}, {d['totals_csv']}", highlight=False, soft_wrap=True)
+        console.print(f"{t['total']} open conflict(s); money at stake: {_money_line(t['money_at_stake'])}",
+                      highlight=False)
+    _emit(result, as_json, render)
+
+
+@cli.command()
+@click.option("--source", required=True)
+@click.option("--since", default=None, help="Only ERP receipts changed since this day (YYYY-MM-DD, ERP site time).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def reconcile(ctx: click.Context, source: str, since: str | None, as_json: bool) -> None:
+    """Compare what the ERP received with what the LMS holds, per student and plan; writes nothing to
+    the LMS. Exit 0 without drift, 1 with drifts."""
+    from sync import ops
+    from sync import reconcile as recon
+    from sync.app import build_app
+    from sync.times import zone
+    settings = _settings(ctx)
+    if source not in settings.sources:
+        raise ConfigError(f"unknown source {source!r}")
+    tz = zone(str(settings.sources[source].settings.get("site_time_zone", settings.lms.time_zone)))
+    start = _parse_day(since, tz) if since else None
+    app = build_app(settings)
+    try:
+        result = recon.reconcile(app, source, since=start)
+    finally:
+        app.close()
+
+    def render(d: dict[str, Any]) -> None:
+        c = d["counts"]
+        console.print(f"{d['source']}: {d['erp']['received']} ERP receipts, {d['lms']['payments_from_source']} LMS "
+                      f"payments from this source; drifts: {d['drift_total']} (missing in LMS {c['missing_in_lms']}, "
+                      f"not in ERP {c['not_in_erp']}, amount mismatch {c['amount_mismatch']}; "
+                      f"{d['unexplained']} not explained by an open conflict)", highlight=False)
+        if d["drifts"]:
+            t = Table(box=None, header_style="bold", pad_edge=False)
+            for col, kw in (("kind", {}), ("document", {}), ("student", {}), ("plan", {}),
+                            ("ERP", {"justify": "right"}), ("LMS", {"justify": "right"}), ("explained by", {})):
+                t.add_column(col, no_wrap=True, overflow="ellipsis", **kw)
+            for x in d["drifts"]:
+                t.add_row(x["kind"], x["doc_id"], x["student_id"] or x["customer"] or "-", x["plan_id"] or "-",
+                          ops.money_display(x["erp_amount"]), ops.money_display(x["lms_amount"]),
+                          ", ".join(f"#{e['id']} {e['kind']}" for e in x["explained_by"]) or "-")
+            console.print(t)
+    _emit(result, as_json, render)
+    sys.exit(EXIT_CONFLICTS if result["drifts"] else EXIT_OK)
 
 
 # --- check ---------------------------------------------------------------------------------------------
@@ -364,7 +677,11 @@ def _render_demo(s: dict[str, Any]) -> None:
                   f"({s['seconds']:.1f} s)", highlight=False)
     t = Table("what", "count")
     t.add_row("pushed (ERP receipts recorded in the LMS)", str(s["pushed"]))
-    t.add_row("LMS payments written", str(s["lms_writes"]))
+    t.add_row("LMS payments written", str(s["lms_writes"] - s["plans_created"] - s["plans_cancelled"]
+                                           - s["installments_waived"]))
+    t.add_row("fee plans created from ERP invoices", str(s["plans_created"]))
+    t.add_row("fee plans cancelled", str(s["plans_cancelled"]))
+    t.add_row("installments waived by credit notes", str(s["installments_waived"]))
     t.add_row("unchanged (already in the ledger)", str(s["unchanged"]))
     for k, v in sorted(s["skipped"].items()):
         t.add_row(f"skipped: {k}", str(v))

@@ -114,6 +114,17 @@ class MappingSettings(BaseModel):
     match_students_by_email: bool = True
     customers: dict[str, str] = Field(default_factory=dict)   # ERP customer -> LMS student id
     invoices: dict[str, str] = Field(default_factory=dict)    # ERP invoice -> LMS plan id
+    batches: dict[str, str] = Field(default_factory=dict)     # ERP batch ref (item code, custom_batch, ...) -> LMS batch id
+    default_batch_id: str | None = None                       # for invoices whose batch is not in `batches`
+    credit_note_policy: str = "latest_first"                  # which unpaid installments a credit note waives
+    plan_wait_limit: str = "24h"                               # a receipt waits this long for its plan
+
+    @field_validator("credit_note_policy")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        if v not in ("latest_first", "earliest_first"):
+            raise ValueError("must be latest_first or earliest_first")
+        return v
 
     @field_validator("payment_methods")
     @classmethod
@@ -142,13 +153,12 @@ class SourceSettings(BaseModel):
     cron: str | None = None
     lookback: str = "10m"
     lag: str = "2s"
-    plan_wait_limit: str = "24h"
     key_prefix: str = ""          # prepended to Idempotency-Keys when several ERPs share one institute
     max_stale: str | None = None   # /healthz: last successful run must be newer than this
     settings: dict[str, Any] = Field(default_factory=dict)
     mapping: MappingSettings = Field(default_factory=MappingSettings)
 
-    @field_validator("lookback", "lag", "plan_wait_limit", "interval")
+    @field_validator("lookback", "lag", "interval")
     @classmethod
     def _durations(cls, v: str | None) -> str | None:
         if v is not None:
@@ -162,7 +172,7 @@ class SourceSettings(BaseModel):
         return parse_duration(self.lag)
 
     def plan_wait_td(self) -> timedelta:
-        return parse_duration(self.plan_wait_limit)
+        return parse_duration(self.mapping.plan_wait_limit)
 
 
 class Settings(BaseSettings):
@@ -175,6 +185,41 @@ class Settings(BaseSettings):
     log_format: str = "auto"    # auto | json | console
     log_level: str = "info"
     report_dir: str = "./feesync-reports"
+    # --- ops tooling (sync/report.py, sync/web.py, self-healing retries in sync/daemon.py) ---
+    report_schedule: str = "daily"             # daemon writes the report: daily | hourly | off | 6h | crontab
+    status_listen: str | None = None           # status page on a loopback "host:port"; off when unset
+    status_admin_token: SecretStr | None = None   # enables resolve/ignore/retry on the status page
+    status_admin_token_file: str | None = None
+    heal_interval: str = "15m"                 # self-healing conflicts are retried this often ...
+    heal_max_attempts: int = Field(20, ge=0)   # ... at most this many times each; then they wait for a person
+
+    @model_validator(mode="before")
+    @classmethod
+    def _admin_token_file(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return resolve_secret_files(data, {"status_admin_token"}, "settings")
+        return data
+
+    @field_validator("status_listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v:
+            from sync._web_util import parse_listen   # loopback only; raises ValueError with the reason
+            parse_listen(v)
+        return v or None
+
+    @field_validator("report_schedule")
+    @classmethod
+    def _report_schedule(cls, v: str) -> str:
+        from sync.report import parse_schedule   # raises ValueError with the accepted forms
+        parse_schedule(v, "UTC")
+        return v
+
+    @field_validator("heal_interval")
+    @classmethod
+    def _heal_interval(cls, v: str) -> str:
+        parse_duration(v)
+        return v
     lms: LmsSettings = Field(default_factory=LmsSettings)
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
 

@@ -17,10 +17,21 @@ from sync.sandbox.lms import LmsSandbox
 SOURCE = "erpnext-demo"
 
 
+def demo_batches(data: Any) -> dict[str, str]:
+    """ERP batch references (custom_batch names, item codes) -> LMS batch ids, as an integrator maps them."""
+    batches = {b["name"]: str(b["id"]) for b in data.lms_seed["institutes"][0]["batches"]}
+    for inv in data.erp_data["documents"]["Sales Invoice"]:
+        items = inv.get("items") or []
+        if inv.get("custom_batch") in batches and len(items) == 1:
+            batches.setdefault(items[0]["item_code"], batches[inv["custom_batch"]])
+    return batches
+
+
 def demo_settings(work_dir: Path, lms: LmsSandbox, erp: ERPNextFake, data: Any) -> Settings:
     """The configuration a user would write for these two servers (secrets are the sandboxes' own)."""
     user = data.erp_data["users"][0]
     key = data.lms_seed["institutes"][0]["api_keys"][0]["key"]
+    batches = demo_batches(data)
     return Settings(
         state_path=str(work_dir / "state.db"),
         log_format="console", log_level="warning",
@@ -28,6 +39,7 @@ def demo_settings(work_dir: Path, lms: LmsSandbox, erp: ERPNextFake, data: Any) 
              "rate_limit_per_minute": data.lms_seed.get("rate_limit_per_minute", 60000),
              "limiter_path": str(work_dir / "pacing.db")},
         sources={SOURCE: {"connector": "erpnext", "interval": "1m", "lookback": "10m",
+                          "mapping": {"batches": batches},
                           "settings": {"url": erp.url, "api_key": user["api_key"], "api_secret": user["api_secret"],
                                        "site_time_zone": data.erp_data.get("site_time_zone", "Asia/Karachi")}}},
     )
@@ -61,6 +73,9 @@ def run_demo(work_dir: Path) -> dict[str, Any]:
             app.close()
     return {
         "pushed": result.counts.get("pushed", 0),
+        "plans_created": result.counts.get("create_plan_done", 0),
+        "plans_cancelled": result.counts.get("cancel_plan_done", 0),
+        "installments_waived": result.counts.get("waive_installment_done", 0),
         "lms_writes": result.counts.get("writes_done", 0),
         "unchanged": result.counts.get("unchanged", 0),
         "skipped": dict(result.skipped),

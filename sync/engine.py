@@ -2,10 +2,14 @@
 
 The promises it keeps (sync-correctness.md):
 * the intent (key, body) is committed before a write is sent, the outcome after (rule 11);
-* a document with an intent but no outcome is re-sent with its stored key and body;
+* a document with an intent but no outcome is re-sent with its stored key and body; a plan
+  creation with an uncertain outcome is first looked up by its marker (a lost answer never
+  yields two plans, even when the LMS ignores the key);
 * the cursor moves in the same transaction as the outcome of the documents it passes, is
   capped at a signpost fixed when the run starts (ERP clock minus lag) and never passes an
   undecided document (rules 4, 5);
+* plan creation precedes payments against the plan: a receipt whose plan is not created yet
+  waits (pending, not a conflict) and goes through in the same run once the plan exists;
 * a pushed document seen again unchanged sends nothing; one changed or cancelled after its
   push becomes a conflict naming the LMS receipt (rule 14);
 * documents from the LMS are skipped and counted (rule 15).
@@ -16,11 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -28,11 +34,14 @@ from sqlalchemy import Connection, select
 from sync import contract as C
 from sync.config import Settings, SourceSettings
 from sync.connector import Connector
-from sync.errors import ConflictError, RetryLater, StopSource
-from sync.events import FeeEvent, Malformed, PaymentCancelled, PaymentReceived, Position, Unchanged, from_summary
+from sync.errors import ConflictError, DeferredError, RetryLater, StopSource
+from sync.events import (
+    CreditNoteIssued, FeeEvent, Malformed, PaymentCancelled, PaymentReceived, PlanCancelled, PlanIssued, Position,
+    Unchanged, from_summary,
+)
 from sync.lms import LmsClient
 from sync.logs import get_logger, redact
-from sync.mapping import PlannedWrite, Resolver
+from sync.mapping import PlannedWrite, Resolver, WaitForPlan
 from sync.state import Store, documents, writes
 from sync.times import utcnow, zone
 
@@ -40,7 +49,11 @@ log = get_logger(component="engine")
 
 # Conflict kinds that can heal without a person (a mapping added, a plan created later, the LMS
 # briefly failing). The others wait for someone.
-SELF_HEALING = {"unknown_student", "no_active_plan", "plan_not_created", "mapping_stale"}
+SELF_HEALING = {"unknown_student", "no_active_plan", "plan_not_created", "mapping_stale", "unknown_batch",
+                "no_plan_for_invoice"}
+# 409 answers that mean the goal is already reached for these operations
+ALREADY_DONE = {"cancel_plan": {"plan_cancelled"}, "waive_installment": set()}
+DECIDED = ("pushed", "skipped", "conflict", "held")
 
 
 @dataclass
@@ -55,11 +68,13 @@ class RunResult:
     planned: list[dict[str, Any]] = field(default_factory=list)   # dry run: the writes it would make
     cursor: Position | None = None
     error: str | None = None
+    seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "run_id": self.run_id, "mode": self.mode, "status": self.status,
                 "counts": dict(self.counts), "skipped": dict(self.skipped), "conflicts": dict(self.conflicts),
-                "cursor": self.cursor.to_json() if self.cursor else None, "error": self.error}
+                "cursor": self.cursor.to_json() if self.cursor else None, "error": self.error,
+                "seconds": round(self.seconds, 3)}
 
 
 class _Ctx:
@@ -78,6 +93,36 @@ class _Ctx:
         self.store.remember(self.source, key, value)
 
 
+@dataclass
+class _Run:
+    """Per-run state: where the cursor may go, who waits for which plan."""
+
+    source: str
+    src: SourceSettings
+    resolver: Resolver
+    result: RunResult
+    run_id: str
+    dry_run: bool
+    cursor_key: str | None
+    stored: Position | None
+    signpost: Position | None
+    ordered: bool
+    undecided: set[str] = field(default_factory=set)
+    waiting: dict[str, list[FeeEvent]] = field(default_factory=dict)
+    last_cursor: Position | None = None
+
+    def advance_for(self, event: FeeEvent) -> Position | None:
+        """The cursor value this document's outcome may commit, or None (never past an undecided one)."""
+        if self.dry_run or not self.cursor_key or not self.ordered or self.undecided:
+            return None
+        pos = event.position if self.signpost is None else min(event.position, self.signpost)
+        if self.stored is not None and pos <= self.stored:
+            return None
+        if self.last_cursor is not None and pos <= self.last_cursor:
+            return None
+        return pos
+
+
 def _fp(body_json: str) -> str:
     return hashlib.sha256(body_json.encode()).hexdigest()[:32]
 
@@ -93,13 +138,20 @@ class Engine:
         self.stop_event = stop_event or threading.Event()
         self.tz = zone(settings.lms.time_zone)
         self.on_event = on_event   # progress hook (backfill bar, tests' kill points)
-        self._stopped_sources: dict[str, str] = {}
+
+    def _resolver(self, source: str, *, learn: bool = True) -> Resolver:
+        src = self.settings.sources[source]
+        connector = self.connectors.get(source)
+        return Resolver(source=source, key_prefix=src.key_prefix, settings=src.mapping, store=self.store,
+                        lms=self.lms, tz=self.tz, learn=learn,
+                        plans_from_invoices=bool(getattr(connector, "plans_from_invoices", False)))
 
     # --- public ---------------------------------------------------------------------------------
     def run_once(self, source: str, now: datetime | None = None, *, mode: str = "live",
                  since: datetime | None = None, until: datetime | None = None, dry_run: bool = False,
                  cursor_name: str | None = None) -> RunResult:
         """One pass over one source. `now` is only recorded; the cursor signpost is the ERP's clock."""
+        started = time.monotonic()
         src = self.settings.sources[source]
         connector = self.connectors[source]
         run_id = uuid.uuid4().hex[:12]
@@ -107,22 +159,21 @@ class Engine:
         rlog = log.bind(source=source, run_id=run_id, mode=result.mode)
         rid = None if dry_run else self.store.start_run(run_id, source, result.mode)
         cursor_key = cursor_name or source
-        resolver = Resolver(source=source, key_prefix=src.key_prefix, settings=src.mapping, store=self.store,
-                            lms=self.lms, tz=self.tz, learn=not dry_run)
+        resolver = self._resolver(source, learn=not dry_run)
         try:
             if not dry_run and mode == "live":
-                self._revisit_held(source, src, resolver, result, run_id)
+                self._revisit_held(source, resolver, result, run_id)
             stored = self.store.get_cursor(cursor_key)
             start = self._start_position(stored, src, since)
             server_now = connector.server_now()
             signpost = Position(server_now - src.lag_td(), "") if server_now else None
             if until is not None and (signpost is None or until < signpost.changed_at):
                 signpost = Position(until, "")
+            run = _Run(source, src, resolver, result, run_id, dry_run, cursor_key, stored, signpost,
+                       bool(getattr(connector, "ordered", False)))
             rlog.info("run.started", cursor=stored.to_json() if stored else None,
                       read_from=start.to_json() if start else None,
                       signpost=signpost.to_json() if signpost else None)
-            blocked = False          # an undecided document was met: the cursor stays behind it
-            last_decided: Position | None = None
             for event in connector.fetch(start, _Ctx(self.store, source), until):
                 if self.stop_event.is_set():
                     result.status = "stopped"
@@ -130,35 +181,27 @@ class Engine:
                     break
                 if self.on_event is not None:
                     self.on_event(source, event)
-                advance = None
-                if not blocked and (connector.ordered or False):
-                    advance = event.position if signpost is None else min(event.position, signpost)
-                    if stored is not None and advance <= stored:
-                        advance = None
                 try:
-                    decision = self._handle(source, src, resolver, event, result, run_id,
-                                            cursor_key if advance else None, advance, dry_run)
+                    self._handle(run, event)
                 except RetryLater as exc:
-                    blocked = True
+                    run.undecided.add(event.doc_id)
                     result.counts["pending"] += 1
                     result.status = "deferred"
                     result.error = redact(str(exc))
                     rlog.warning("push.deferred", doc_id=event.doc_id, error=result.error)
                     if not dry_run:
-                        self._mark_pending(source, event)
+                        self._mark(source, event, "pending")
                     break
-                if decision == "pending":
-                    blocked = True
-                elif advance is not None:
-                    last_decided = advance
-            if last_decided is not None:
-                result.cursor = last_decided
+            for invoice, waiters in run.waiting.items():
+                for ev in waiters:
+                    result.counts["waiting_for_plan"] += 1
+                    rlog.info("receipt.waiting", doc_id=ev.doc_id, invoice=invoice)
+            result.cursor = run.last_cursor
             if result.status == "ok" and result.conflicts:
                 result.status = "conflicts"
         except StopSource as exc:
             result.status = "stopped"
             result.error = redact(str(exc))
-            self._stopped_sources[source] = result.error
             rlog.error("source.stopped", system=exc.system, status=exc.status, error=result.error,
                        hint="check the API key / credentials and scopes; the cursor was kept")
         except RetryLater as exc:
@@ -170,17 +213,20 @@ class Engine:
             result.error = redact(f"{type(exc).__name__}: {exc}")
             rlog.error("run.failed", error=result.error)
             if rid is not None:
-                self.store.finish_run(rid, result.status, result.as_dict()["counts"], result.error)
+                self.store.finish_run(rid, result.status, dict(result.counts), result.error)
             raise
+        result.seconds = time.monotonic() - started
         if rid is not None:
             self.store.finish_run(rid, result.status, {**result.counts, "skipped": dict(result.skipped),
-                                                       "conflicts": dict(result.conflicts)}, result.error)
-        rlog.info("run.finished", status=result.status, **{f"n_{k}": v for k, v in result.counts.items()},
+                                                       "conflicts": dict(result.conflicts),
+                                                       "seconds": round(result.seconds, 3)}, result.error)
+        rlog.info("run.finished", status=result.status, seconds=round(result.seconds, 3),
+                  **{f"n_{k}": v for k, v in result.counts.items()},
                   skipped=dict(result.skipped), conflicts=dict(result.conflicts),
                   lms_requests=dict(self.lms.requests))
         return result
 
-    # --- cursor helpers -----------------------------------------------------------------------------
+    # --- cursor and ledger helpers -----------------------------------------------------------------
     def _start_position(self, stored: Position | None, src: SourceSettings, since: datetime | None) -> Position | None:
         if stored is not None:
             return Position(stored.changed_at - src.lookback_td(), "")
@@ -188,154 +234,204 @@ class Engine:
             return Position(since, "")
         return None
 
-    def _set_cursor(self, conn: Connection, cursor_key: str | None, advance: Position | None, run_id: str) -> None:
-        if cursor_key and advance is not None:
-            self.store.set_cursor(conn, cursor_key, advance, run_id)
+    def _commit_cursor(self, conn: Connection, run: _Run, event: FeeEvent) -> None:
+        pos = run.advance_for(event)
+        if pos is not None and run.cursor_key:
+            self.store.set_cursor(conn, run.cursor_key, pos, run.run_id)
+            run.last_cursor = pos
 
-    def _mark_pending(self, source: str, event: FeeEvent) -> None:
+    def _mark(self, source: str, event: FeeEvent, status: str) -> None:
         with self.store.tx() as conn:
             doc = self.store.document(conn, source, event.doc_id)
-            if doc is None or doc["status"] not in ("pushed", "skipped", "conflict", "held"):
-                self._save_doc(conn, source, event, "pending", None)
+            if doc is None or doc["status"] not in DECIDED:
+                self._save_doc(conn, source, event, status, None)
 
     def _save_doc(self, conn: Connection, source: str, event: FeeEvent, status: str, reason: str | None) -> None:
         summary = event.summary()
+        amount = getattr(event, "amount", None) if not isinstance(event, PlanIssued) else event.total - event.discount
         self.store.upsert_document(
             conn, source, event.doc_id, event_kind=event.kind, version=event.version,
             fingerprint=event.fingerprint(), status=status, reason=reason,
             changed_at=event.position.changed_at.isoformat(), summary=json.dumps(summary),
-            amount=str(getattr(event, "amount", "") or "") or None, currency=getattr(event, "currency", None),
+            amount=str(amount) if amount is not None else None, currency=getattr(event, "currency", None),
             customer=getattr(event, "customer", None))
 
     # --- one document ------------------------------------------------------------------------------
-    def _handle(self, source: str, src: SourceSettings, resolver: Resolver, event: FeeEvent, result: RunResult,
-                run_id: str, cursor_key: str | None, advance: Position | None, dry_run: bool) -> str:
+    def _handle(self, run: _Run, event: FeeEvent, *, retry: bool = False) -> str:
         if isinstance(event, Unchanged):
-            result.counts["unchanged"] += 1
-            if not dry_run and cursor_key:
+            run.result.counts["unchanged"] += 1
+            if not run.dry_run:
                 with self.store.tx() as conn:
-                    self._set_cursor(conn, cursor_key, advance, run_id)
+                    self._commit_cursor(conn, run, event)
             return "unchanged"
         if isinstance(event, Malformed):
-            return self._conflict_doc(source, event, ConflictError("malformed_document", event.problem,
-                                                                   definitive=False),
-                                      result, run_id, cursor_key, advance, dry_run)
+            return self._conflict(run, event, ConflictError("malformed_document", event.problem, definitive=False))
         if isinstance(event, PaymentCancelled):
-            return self._cancelled(source, event, result, run_id, cursor_key, advance, dry_run)
+            return self._payment_cancelled(run, event)
         if isinstance(event, PaymentReceived):
-            return self._receipt(source, resolver, event, result, run_id, cursor_key, advance, dry_run)
-        result.counts["ignored"] += 1
+            return self._receipt(run, event, retry=retry)
+        if isinstance(event, PlanIssued):
+            return self._plan_issued(run, event, retry=retry)
+        if isinstance(event, PlanCancelled):
+            return self._plan_cancelled(run, event)
+        if isinstance(event, CreditNoteIssued):
+            return self._credit_note(run, event, retry=retry)
+        run.result.counts["ignored"] += 1
         return "ignored"
 
-    def _skip(self, source: str, event: FeeEvent, reason: str, result: RunResult, run_id: str,
-              cursor_key: str | None, advance: Position | None, dry_run: bool) -> str:
-        result.skipped[reason] += 1
-        if not dry_run:
+    def _decided(self, run: _Run, event: FeeEvent) -> None:
+        run.undecided.discard(event.doc_id)
+
+    def _skip(self, run: _Run, event: FeeEvent, reason: str) -> str:
+        run.result.skipped[reason] += 1
+        self._decided(run, event)
+        if not run.dry_run:
             with self.store.tx() as conn:
-                self._save_doc(conn, source, event, "skipped", reason)
-                self._set_cursor(conn, cursor_key, advance, run_id)
+                self._save_doc(conn, run.source, event, "skipped", reason)
+                self.store.close_conflicts(conn, run.source, event.doc_id, note=f"skipped: {reason}")
+                self._commit_cursor(conn, run, event)
         return "skipped"
 
-    def _conflict_doc(self, source: str, event: FeeEvent, exc: ConflictError, result: RunResult, run_id: str,
-                      cursor_key: str | None, advance: Position | None, dry_run: bool, *,
-                      write: dict[str, Any] | None = None, status: str = "conflict",
-                      receipt: str | None = None) -> str:
-        result.conflicts[exc.kind] += 1
-        log.info("conflict.opened", source=source, doc_id=event.doc_id, kind=exc.kind, detail=exc.detail)
-        if dry_run:
+    def _conflict(self, run: _Run, event: FeeEvent, exc: ConflictError, *, write: dict[str, Any] | None = None,
+                  status: str = "conflict", receipt: str | None = None, keep_status: bool = False) -> str:
+        run.result.conflicts[exc.kind] += 1
+        self._decided(run, event)
+        log.info("conflict.opened", source=run.source, doc_id=event.doc_id, kind=exc.kind, detail=exc.detail)
+        if run.dry_run:
             return "conflict"
+        amount = getattr(event, "amount", None)
+        if isinstance(event, PlanIssued):
+            amount = event.total - event.discount
         with self.store.tx() as conn:
-            self._save_doc(conn, source, event, status, exc.kind)
+            if keep_status:
+                self.store.upsert_document(conn, run.source, event.doc_id, version=event.version)
+            else:
+                self._save_doc(conn, run.source, event, status, exc.kind)
+            detail = exc.detail
+            if exc.extra.get("remaining_balance") is not None:
+                detail += f" (remaining balance {exc.extra['remaining_balance']})"
             self.store.open_conflict(
-                conn, source=source, doc_id=event.doc_id, kind=exc.kind, detail=exc.detail,
+                conn, source=run.source, doc_id=event.doc_id, kind=exc.kind, detail=detail,
                 write_id=write["id"] if write else None,
-                amount=str(getattr(event, "amount", "")) or None, currency=getattr(event, "currency", None),
+                amount=str(amount) if amount is not None else None, currency=getattr(event, "currency", None),
                 customer=getattr(event, "customer", None), lms_receipt=receipt,
-                request=json.loads(write["body"]) if write else None, response=exc.response)
-            self._set_cursor(conn, cursor_key, advance, run_id)
+                request=json.loads(write["body"]) if write else event.summary(), response=exc.response)
+            self._commit_cursor(conn, run, event)
         return "conflict"
 
-    def _cancelled(self, source: str, event: PaymentCancelled, result: RunResult, run_id: str,
-                   cursor_key: str | None, advance: Position | None, dry_run: bool) -> str:
+    def _wait(self, run: _Run, event: FeeEvent, invoice: str) -> str:
+        """Park a document until its invoice's plan exists; past the limit it becomes a conflict."""
         with self.store.tx() as conn:
-            doc = self.store.document(conn, source, event.doc_id)
-            done = [w for w in self.store.writes_for(conn, source, event.doc_id) if w["status"] in ("done", "intent")]
+            doc = self.store.document(conn, run.source, event.doc_id)
+            inv = self.store.document(conn, run.source, invoice)
+        if inv is not None and inv["status"] in ("conflict", "skipped"):
+            why = f"its conflict ({inv['reason']})" if inv["status"] == "conflict" else f"it was {inv['reason']}"
+            return self._conflict(run, event, ConflictError(
+                "plan_not_created", f"invoice {invoice} has no LMS plan: see {why}; this receipt is retried once "
+                "the plan exists", definitive=False))
+        first_seen = datetime.fromisoformat(doc["first_seen"]) if doc else utcnow()
+        if run.cursor_key is None or utcnow() - first_seen > run.src.plan_wait_td():
+            return self._conflict(run, event, ConflictError(
+                "plan_not_created", f"waited since {first_seen:%Y-%m-%d %H:%M} UTC for the LMS plan of invoice "
+                f"{invoice}; check that invoice's conflict or map it", definitive=False))
+        run.undecided.add(event.doc_id)
+        run.waiting.setdefault(invoice, []).append(event)
+        if not run.dry_run:
+            with self.store.tx() as conn:
+                self._save_doc(conn, run.source, event, "waiting", f"plan of {invoice}")
+        return "pending"
+
+    def _release_failed(self, run: _Run, invoice: str, why: str) -> None:
+        """The plan of `invoice` will not be created in this run: its waiters become conflicts now."""
+        for ev in run.waiting.pop(invoice, []):
+            self._conflict(run, ev, ConflictError(
+                "plan_not_created", f"invoice {invoice} has no LMS plan: {why}; this receipt is retried once the "
+                "plan exists", definitive=False))
+
+    def _release(self, run: _Run, invoice: str) -> None:
+        """The plan of `invoice` exists now: the documents waiting for it go through in this run."""
+        for ev in run.waiting.pop(invoice, []):
+            run.undecided.discard(ev.doc_id)
+            self._handle(run, ev, retry=False)
+
+    # --- receipts ------------------------------------------------------------------------------------
+    def _payment_cancelled(self, run: _Run, event: PaymentCancelled) -> str:
+        with self.store.tx() as conn:
+            doc = self.store.document(conn, run.source, event.doc_id)
+            done = [w for w in self.store.writes_for(conn, run.source, event.doc_id) if w["status"] in ("done", "intent")]
         if doc is not None and doc["status"] in ("pushed", "pending") and done:
             receipts = ", ".join(w["receipt_number"] or f"(key {w['idem_key']}, outcome unknown)" for w in done)
             exc = ConflictError("reversed_in_erp", f"cancelled in the ERP after it was pushed; reverse LMS "
-                                f"receipt {receipts} by hand", definitive=False)
-            result.conflicts[exc.kind] += 1
-            if dry_run:
-                return "conflict"
-            with self.store.tx() as conn:
-                self.store.upsert_document(conn, source, event.doc_id, version=event.version,
-                                           reason="cancelled_in_erp")
-                self.store.open_conflict(conn, source=source, doc_id=event.doc_id, kind=exc.kind, detail=exc.detail,
-                                         write_id=done[0]["id"], amount=doc.get("amount"),
-                                         currency=doc.get("currency"), customer=doc.get("customer"),
-                                         lms_receipt=done[0]["receipt_number"])
-                self._set_cursor(conn, cursor_key, advance, run_id)
-            log.warning("conflict.opened", source=source, doc_id=event.doc_id, kind=exc.kind, receipts=receipts)
-            return "conflict"
-        # never pushed: nothing to undo; any open conflict about it no longer needs a person
-        if not dry_run:
-            with self.store.tx() as conn:
-                self.store.close_conflicts(conn, source, event.doc_id, note="cancelled in the ERP before sync")
-        return self._skip(source, event, "cancelled", result, run_id, cursor_key, advance, dry_run)
+                                f"receipt {receipts} by hand, then resolve", definitive=False)
+            if not run.dry_run:
+                with self.store.tx() as conn:
+                    self.store.upsert_document(conn, run.source, event.doc_id, reason="cancelled_in_erp")
+            return self._conflict(run, event, exc, receipt=done[0]["receipt_number"], keep_status=True,
+                                  write=done[0])
+        return self._skip(run, event, "cancelled")
 
-    def _receipt(self, source: str, resolver: Resolver, event: PaymentReceived, result: RunResult, run_id: str,
-                 cursor_key: str | None, advance: Position | None, dry_run: bool, *, retry: bool = False) -> str:
+    def _receipt(self, run: _Run, event: PaymentReceived, *, retry: bool = False) -> str:
         if event.origin_marker:
-            return self._skip(source, event, "lms_originated", result, run_id, cursor_key, advance, dry_run)
+            return self._skip(run, event, "lms_originated")
         with self.store.tx() as conn:
-            doc = self.store.document(conn, source, event.doc_id)
-            prior = self.store.writes_for(conn, source, event.doc_id)
+            doc = self.store.document(conn, run.source, event.doc_id)
+            prior = self.store.writes_for(conn, run.source, event.doc_id)
         if doc is not None and doc["status"] == "pushed":
-            return self._pushed_seen_again(source, event, doc, prior, result, run_id, cursor_key, advance, dry_run)
+            return self._pushed_seen_again(run, event, doc, prior, "changed_after_sync")
         if doc is not None and doc["status"] == "conflict" and not retry and any(
                 w["status"] == "conflict" for w in prior):
-            # The LMS definitively refused it before; a re-send needs a person or a mapping change (rule 12).
-            if not dry_run:
+            # The LMS definitively refused it; a re-send needs a person or a mapping change (rule 12).
+            run.result.counts["still_in_conflict"] += 1
+            self._decided(run, event)
+            if not run.dry_run:
                 with self.store.tx() as conn:
-                    self.store.upsert_document(conn, source, event.doc_id, version=event.version)
-                    self._set_cursor(conn, cursor_key, advance, run_id)
-            result.counts["still_in_conflict"] += 1
+                    self.store.upsert_document(conn, run.source, event.doc_id, version=event.version)
+                    self._commit_cursor(conn, run, event)
             return "conflict"
         if event.amended_from and not retry:
-            held = self._hold_amendment(source, event, result, run_id, cursor_key, advance, dry_run)
+            held = self._hold_amendment(run, event)
             if held:
                 return held
-        pending_intents = [w for w in prior if w["status"] == "intent"]
+        intents = [w for w in prior if w["status"] == "intent"]
         try:
-            if pending_intents:
-                planned = [self._planned_from_row(w) for w in pending_intents]   # rule 11: stored key and body
+            if intents:
+                planned = [self._planned_from_row(w) for w in intents]   # rule 11: stored key and body
             else:
                 with self.store.tx() as conn:
-                    planned = resolver.receipt_writes(conn, event)
+                    planned = run.resolver.receipt_writes(conn, event)
+        except WaitForPlan as wait:
+            return self._wait(run, event, wait.invoice_id)
         except ConflictError as exc:
-            return self._conflict_doc(source, event, exc, result, run_id, cursor_key, advance, dry_run)
-        if dry_run:
-            for w in planned:
-                result.planned.append({"doc_id": event.doc_id, "op": w.op, "method": w.method, "path": w.path,
-                                       "key": w.base_key, "body": w.body})
-            result.counts["would_push"] += 1
-            return "pushed"
-        return self._push(source, event, planned, prior, result, run_id, cursor_key, advance, retry=retry)
+            return self._conflict(run, event, exc)
+        return self._push(run, event, planned, prior)
 
     def _planned_from_row(self, w: dict[str, Any]) -> PlannedWrite:
         return PlannedWrite(op=w["op"], base_key=w["base_key"], method=w["method"], path=w["path"],
                             body=json.loads(w["body"]))
 
-    def _push(self, source: str, event: PaymentReceived, planned: list[PlannedWrite], prior: list[dict[str, Any]],
-              result: RunResult, run_id: str, cursor_key: str | None, advance: Position | None, *,
-              retry: bool) -> str:
-        by_key = {}
+    def _push(self, run: _Run, event: FeeEvent, planned: list[PlannedWrite], prior: list[dict[str, Any]],
+              *, final_status: str = "pushed") -> str:
+        """Send each planned write once (intent, send, outcome); the last outcome decides the document."""
+        if run.dry_run:
+            for w in planned:
+                run.result.planned.append({"doc_id": event.doc_id, "op": w.op, "method": w.method, "path": w.path,
+                                           "key": w.base_key, "body": w.body})
+            for w in planned:
+                run.result.counts[f"would_{w.op}"] += 1
+            self._decided(run, event)
+            return "pushed"
+        by_key: dict[str, list[dict[str, Any]]] = {}
         for w in prior:
             by_key.setdefault(w["base_key"], []).append(w)
+        answers: list[dict[str, Any]] = []
         for i, pw in enumerate(planned):
             rows = sorted(by_key.get(pw.base_key, []), key=lambda r: r["revision"])
             latest = rows[-1] if rows else None
+            last = i == len(planned) - 1
             if latest is not None and latest["status"] == "done":
+                answers.append(json.loads(latest["lms_response"] or "{}"))
+                if last:
+                    self._finish(run, event, final_status)
                 continue
             if latest is not None and latest["status"] == "intent":
                 wid, key, body_json = latest["id"], latest["idem_key"], latest["body"]
@@ -346,143 +442,252 @@ class Engine:
                 with self.store.tx() as conn:
                     if latest is not None:
                         self.store.update_write(conn, latest["id"], status="superseded")
-                    self._save_doc(conn, source, event, "pending", None)
+                    doc = self.store.document(conn, run.source, event.doc_id)
+                    if doc is None or doc["status"] not in ("pushed",):
+                        self._save_doc(conn, run.source, event, "pending", None)
                     wid = self.store.insert_write(
-                        conn, source=source, doc_id=event.doc_id, op=pw.op, base_key=pw.base_key, revision=revision,
-                        idem_key=key, method=pw.method, path=pw.path, body=body_json, body_fingerprint=_fp(body_json),
-                        status="intent")
-            last = i == len(planned) - 1
-            outcome = self._send_write(source, event, wid, key, pw.method, pw.path, body_json, result, run_id,
-                                       cursor_key if last else None, advance if last else None, last)
-            if outcome != "done":
-                return outcome
+                        conn, source=run.source, doc_id=event.doc_id, op=pw.op, base_key=pw.base_key,
+                        revision=revision, idem_key=key, method=pw.method, path=pw.path, body=body_json,
+                        body_fingerprint=_fp(body_json), status="intent")
+            uncertain = latest is not None and latest["status"] == "intent"
+            try:
+                payload, replayed = self._send(run, event, pw, wid, key, body_json, uncertain=uncertain)
+            except ConflictError as exc:
+                if exc.kind in ALREADY_DONE.get(pw.op, set()):
+                    payload, replayed = {"already": exc.detail}, False
+                else:
+                    with self.store.tx() as conn:
+                        self.store.update_write(conn, wid, status="conflict", last_error=exc.detail,
+                                                lms_response=json.dumps(exc.response, default=str)
+                                                if exc.response is not None else None,
+                                                decided_at=utcnow().isoformat())
+                        write = next(w for w in self.store.writes_for(conn, run.source, event.doc_id) if w["id"] == wid)
+                    return self._conflict(run, event, exc, write=write)
+            except RetryLater as exc:
+                with self.store.tx() as conn:
+                    self.store.update_write(conn, wid, last_error=redact(str(exc))[:500])
+                raise
+            answers.append(payload)
+            with self.store.tx() as conn:
+                self.store.update_write(conn, wid, status="done", lms_id=str(payload.get("id", "")) or None,
+                                        receipt_number=payload.get(C.PAY_RECEIPT_NUMBER),
+                                        lms_response=json.dumps(payload, default=str)[:8000],
+                                        decided_at=utcnow().isoformat(), last_error=None)
+                run.result.counts["writes_done"] += 1
+                run.result.counts[f"{pw.op}_done"] += 1
+                if replayed:
+                    run.result.counts["writes_replayed"] += 1
+                if pw.op == "create_plan":
+                    run.resolver.learn_plan(conn, event.doc_id, payload, "created")
+                if last:
+                    self._finish(run, event, final_status, conn=conn)
+            log.info("push.succeeded", source=run.source, doc_id=event.doc_id, op=pw.op, key=key,
+                     receipt=payload.get(C.PAY_RECEIPT_NUMBER), lms_id=payload.get("id"), replayed=replayed)
+        if not planned:
+            self._finish(run, event, final_status)
         return "pushed"
 
-    def _send_write(self, source: str, event: PaymentReceived, wid: int, key: str, method: str, path: str,
-                    body_json: str, result: RunResult, run_id: str, cursor_key: str | None,
-                    advance: Position | None, last: bool) -> str:
+    def _finish(self, run: _Run, event: FeeEvent, status: str, conn: Connection | None = None) -> None:
+        def go(c: Connection) -> None:
+            self._save_doc(c, run.source, event, status, None)
+            self.store.close_conflicts(c, run.source, event.doc_id, note="written to the LMS")
+            self._commit_cursor(c, run, event)
+        self._decided(run, event)
+        if conn is not None:
+            go(conn)
+        else:
+            with self.store.tx() as c:
+                go(c)
+        if status == "pushed":
+            run.result.counts["pushed" if isinstance(event, PaymentReceived) else f"{event.kind}_done"] += 1
+
+    def _send(self, run: _Run, event: FeeEvent, pw: PlannedWrite, wid: int, key: str, body_json: str, *,
+              uncertain: bool) -> tuple[dict[str, Any], bool]:
         body = json.loads(body_json)
-        with self.store.tx() as conn:
-            conn.execute(self._bump_attempts(wid))
-        try:
-            answer = self.lms.send(method, path, json_body=body, idem_key=key)
-        except ConflictError as exc:
+        if pw.op != "create_plan":
             with self.store.tx() as conn:
-                self.store.update_write(conn, wid, status="conflict", last_error=exc.detail,
-                                        lms_response=json.dumps(exc.response, default=str) if exc.response else None,
-                                        decided_at=utcnow().isoformat())
+                conn.execute(self._bump_attempts(wid))
+            answer = self.lms.send(pw.method, pw.path, json_body=body, idem_key=key)
+            return (answer.body if isinstance(answer.body, dict) else {}), answer.replayed
+        # create plan: never trust the key alone. After any uncertain outcome, look the plan up first.
+        student = str(body.get(C.PLAN_STUDENT_ID))
+        attempts = self.settings.lms.max_attempts
+        last_exc: RetryLater | None = None
+        for attempt in range(attempts):
+            if uncertain or attempt > 0:
+                found = run.resolver.find_created_plan(student, event.doc_id)
+                if found is not None:
+                    log.info("plan.recognised", source=run.source, doc_id=event.doc_id, plan_id=found.get("id"))
+                    return found, True
+            if attempt > 0:
+                self.stop_event.wait(min(8.0, 0.2 * 2 ** attempt))
+                if self.stop_event.is_set():
+                    break
             with self.store.tx() as conn:
-                write = next(w for w in self.store.writes_for(conn, source, event.doc_id) if w["id"] == wid)
-            return self._conflict_doc(source, event, exc, result, run_id, cursor_key, advance, False, write=write)
-        except RetryLater as exc:
-            with self.store.tx() as conn:
-                self.store.update_write(conn, wid, last_error=redact(str(exc))[:500])
-            raise
-        except StopSource:
-            raise
-        payment = answer.body if isinstance(answer.body, dict) else {}
-        with self.store.tx() as conn:
-            self.store.update_write(conn, wid, status="done", lms_id=str(payment.get(C.PAY_ID, "")) or None,
-                                    receipt_number=payment.get(C.PAY_RECEIPT_NUMBER),
-                                    lms_response=json.dumps(payment, default=str)[:4000],
-                                    decided_at=utcnow().isoformat(), last_error=None)
-            result.counts["writes_done"] += 1
-            if answer.replayed:
-                result.counts["writes_replayed"] += 1
-            if last:
-                self._save_doc(conn, source, event, "pushed", None)
-                self.store.close_conflicts(conn, source, event.doc_id, note="pushed after retry")
-                self._set_cursor(conn, cursor_key, advance, run_id)
-        if last:
-            result.counts["pushed"] += 1
-            log.info("push.succeeded", source=source, doc_id=event.doc_id, key=key,
-                     receipt=payment.get(C.PAY_RECEIPT_NUMBER), replayed=answer.replayed)
-        return "done"
+                conn.execute(self._bump_attempts(wid))
+            try:
+                answer = self.lms.send(pw.method, pw.path, json_body=body, idem_key=key, max_attempts=1)
+                return (answer.body if isinstance(answer.body, dict) else {}), answer.replayed
+            except RetryLater as exc:
+                last_exc = exc
+                uncertain = True
+        raise DeferredError(f"create plan for {event.doc_id}: outcome still unknown after {attempts} attempts",
+                            last=last_exc)
 
     def _bump_attempts(self, wid: int) -> Any:
         return writes.update().where(writes.c.id == wid).values(attempts=writes.c.attempts + 1,
                                                                  sent_at=utcnow().isoformat())
 
-    def _pushed_seen_again(self, source: str, event: PaymentReceived, doc: dict[str, Any],
-                           prior: list[dict[str, Any]], result: RunResult, run_id: str, cursor_key: str | None,
-                           advance: Position | None, dry_run: bool) -> str:
+    def _pushed_seen_again(self, run: _Run, event: FeeEvent, doc: dict[str, Any], prior: list[dict[str, Any]],
+                           kind: str) -> str:
         if doc["fingerprint"] == event.fingerprint():
-            result.counts["unchanged"] += 1
-            if not dry_run:
+            run.result.counts["unchanged"] += 1
+            self._decided(run, event)
+            if not run.dry_run:
                 with self.store.tx() as conn:
-                    self.store.upsert_document(conn, source, event.doc_id, version=event.version)
-                    self._set_cursor(conn, cursor_key, advance, run_id)
+                    self.store.upsert_document(conn, run.source, event.doc_id, version=event.version)
+                    self._commit_cursor(conn, run, event)
             return "unchanged"
-        receipts = ", ".join(w["receipt_number"] or "?" for w in prior if w["status"] == "done")
-        exc = ConflictError("changed_after_sync", f"changed in the ERP after it was pushed (LMS receipt {receipts}); "
-                            "correct the LMS payment by hand, then resolve", definitive=False)
-        result.conflicts[exc.kind] += 1
-        if dry_run:
-            return "conflict"
-        with self.store.tx() as conn:
-            self.store.upsert_document(conn, source, event.doc_id, version=event.version)
-            self.store.open_conflict(conn, source=source, doc_id=event.doc_id, kind=exc.kind, detail=exc.detail,
-                                     amount=str(event.amount), currency=event.currency, customer=event.customer,
-                                     lms_receipt=receipts, request=event.summary())
-            self._set_cursor(conn, cursor_key, advance, run_id)
-        return "conflict"
+        refs = ", ".join(w["receipt_number"] or w["lms_id"] or "?" for w in prior if w["status"] == "done")
+        what = "LMS receipt" if isinstance(event, PaymentReceived) else "LMS plan"
+        exc = ConflictError(kind, f"changed in the ERP after it was pushed ({what} {refs}); correct the LMS by hand, "
+                            "then resolve", definitive=False)
+        return self._conflict(run, event, exc, receipt=refs, keep_status=True)
 
-    def _hold_amendment(self, source: str, event: PaymentReceived, result: RunResult, run_id: str,
-                        cursor_key: str | None, advance: Position | None, dry_run: bool) -> str | None:
+    def _hold_amendment(self, run: _Run, event: PaymentReceived) -> str | None:
         """An amendment of a pushed receipt waits until a person resolved the original's reversal."""
         with self.store.tx() as conn:
-            original = self.store.document(conn, source, event.amended_from or "")
+            original = self.store.document(conn, run.source, event.amended_from or "")
             if original is None or original["status"] != "pushed":
                 return None
-            open_orig = [c for c in self.store.open_conflicts_for(conn, source, event.amended_from or "")]
-            orig_writes = self.store.writes_for(conn, source, event.amended_from or "")
-        if original.get("reason") != "cancelled_in_erp" and not open_orig:
-            return None
-        if original.get("reason") == "cancelled_in_erp" and not open_orig:
-            return None   # the reversal was resolved by a person: push the amendment
+            open_orig = self.store.open_conflicts_for(conn, run.source, event.amended_from or "")
+            orig_writes = self.store.writes_for(conn, run.source, event.amended_from or "")
+        if not open_orig:
+            return None   # the original was resolved (or never conflicted): push the amendment
         receipts = ", ".join(w["receipt_number"] or "?" for w in orig_writes if w["status"] == "done")
         exc = ConflictError("amended_after_sync", f"amends {event.amended_from}, which was pushed as LMS receipt "
                             f"{receipts}; resolve the original's conflict first, then this is pushed",
                             definitive=False)
-        self._conflict_doc(source, event, exc, result, run_id, cursor_key, advance, dry_run, status="held")
+        self._conflict(run, event, exc, status="held")
         return "held"
 
-    def _revisit_held(self, source: str, src: SourceSettings, resolver: Resolver, result: RunResult,
-                      run_id: str) -> None:
+    def _revisit_held(self, source: str, resolver: Resolver, result: RunResult, run_id: str) -> None:
         """Held amendments whose original was resolved are pushed now (they may be far behind the cursor)."""
         with self.store.tx() as conn:
             held = conn.execute(select(documents).where(documents.c.source == source,
                                                         documents.c.status == "held")).mappings().all()
+        run = _Run(source, self.settings.sources[source], resolver, result, run_id, False, None, None, None, False)
         for doc in held:
             event = from_summary(doc["event_kind"], json.loads(doc["summary"]))
             if not isinstance(event, PaymentReceived):
                 continue
             with self.store.tx() as conn:
-                blockers = self.store.open_conflicts_for(conn, source, event.amended_from or "")
-            if blockers:
-                continue
-            with self.store.tx() as conn:
+                if self.store.open_conflicts_for(conn, source, event.amended_from or ""):
+                    continue
                 self.store.close_conflicts(conn, source, event.doc_id, kinds={"amended_after_sync"},
                                            note="original resolved; amendment released")
                 self.store.upsert_document(conn, source, event.doc_id, status="pending")
-            self._receipt(source, resolver, event, result, run_id, None, None, False, retry=True)
+            self._receipt(run, event, retry=True)
+
+    # --- plans, cancellations, credit notes ----------------------------------------------------------
+    def _plan_issued(self, run: _Run, event: PlanIssued, *, retry: bool = False) -> str:
+        if event.lms_plan_id:
+            # the LMS created this invoice: map it to that plan, never create it again
+            if not run.dry_run:
+                with self.store.tx() as conn:
+                    self.store.set_mapping(conn, "invoice_plan", run.source, event.doc_id, event.lms_plan_id, "lms")
+            result = self._skip(run, event, "lms_created_plan")
+            self._release(run, event.doc_id)
+            return result
+        with self.store.tx() as conn:
+            doc = self.store.document(conn, run.source, event.doc_id)
+            prior = self.store.writes_for(conn, run.source, event.doc_id)
+        if doc is not None and doc["status"] == "pushed":
+            return self._pushed_seen_again(run, event, doc, prior, "plan_changed_in_erp")
+        if doc is not None and doc["status"] == "conflict" and not retry and any(
+                w["status"] == "conflict" for w in prior):
+            run.result.counts["still_in_conflict"] += 1
+            self._decided(run, event)
+            return "conflict"
+        intents = [w for w in prior if w["status"] == "intent"]
+        try:
+            if intents:
+                planned = [self._planned_from_row(w) for w in intents]
+            else:
+                with self.store.tx() as conn:
+                    planned = [run.resolver.plan_write(conn, event)]
+        except ConflictError as exc:
+            outcome = self._conflict(run, event, exc)
+            self._release_failed(run, event.doc_id, f"see its conflict ({exc.kind})")
+            return outcome
+        outcome = self._push(run, event, planned, prior)
+        if outcome != "pushed":
+            self._release_failed(run, event.doc_id, "see its conflict")
+        if run.dry_run:
+            run.resolver.dry_plan(event)
+        if outcome == "pushed":
+            self._release(run, event.doc_id)
+            if not run.dry_run and not run.undecided:
+                with self.store.tx() as conn:   # the receipts released behind it are decided now
+                    self._commit_cursor(conn, run, event)
+        return outcome
+
+    def _plan_cancelled(self, run: _Run, event: PlanCancelled) -> str:
+        with self.store.tx() as conn:
+            planned = run.resolver.cancel_write(conn, event)
+            prior = self.store.writes_for(conn, run.source, event.doc_id)
+        if planned is None:
+            self._release_failed(run, event.doc_id, "the invoice was cancelled in the ERP")
+            return self._skip(run, event, "cancelled_invoice_without_plan")
+        prior_cancel = [w for w in prior if w["op"] == "cancel_plan"]
+        return self._push(run, event, [planned], prior_cancel, final_status="pushed")
+
+    def _credit_note(self, run: _Run, event: CreditNoteIssued, *, retry: bool = False) -> str:
+        with self.store.tx() as conn:
+            doc = self.store.document(conn, run.source, event.doc_id)
+            prior = self.store.writes_for(conn, run.source, event.doc_id)
+        if doc is not None and doc["status"] in ("pushed",) or (doc is not None and doc["status"] == "conflict"
+                                                                 and not retry and prior):
+            return self._pushed_seen_again(run, event, doc, prior, "changed_after_sync") \
+                if doc["status"] == "pushed" else "conflict"
+        intents = [w for w in prior if w["status"] == "intent"]
+        remainder = Decimal(0)
+        try:
+            if intents:
+                planned = [self._planned_from_row(w) for w in intents]
+            else:
+                with self.store.tx() as conn:
+                    planned, remainder = run.resolver.waive_writes(conn, event)
+        except WaitForPlan as wait:
+            return self._wait(run, event, wait.invoice_id)
+        except ConflictError as exc:
+            return self._conflict(run, event, exc)
+        if remainder > 0 and not planned:
+            return self._conflict(run, event, ConflictError(
+                "partial_credit_note", f"credit note of {event.amount} {event.currency} covers no whole unpaid "
+                f"installment of {event.against_invoice}; waive or adjust by hand", definitive=False))
+        outcome = self._push(run, event, planned, prior)
+        if remainder > 0 and outcome == "pushed":
+            self._conflict(run, event, ConflictError(
+                "partial_credit_note", f"credit note waived {len(planned)} installment(s); {remainder} "
+                f"{event.currency} covers no further whole installment; adjust by hand", definitive=False),
+                keep_status=True)
+        return outcome
 
     # --- retry of parked documents (conflicts retry, map) -----------------------------------------------
     def retry_document(self, source: str, doc_id: str) -> str:
         """Re-map and re-send one parked document from its stored event (new key revision if rule 12 allows)."""
-        src = self.settings.sources[source]
-        resolver = Resolver(source=source, key_prefix=src.key_prefix, settings=src.mapping, store=self.store,
-                            lms=self.lms, tz=self.tz)
+        resolver = self._resolver(source)
         with self.store.tx() as conn:
             doc = self.store.document(conn, source, doc_id)
         if doc is None:
             raise LookupError(f"{source}/{doc_id} is not in the ledger")
         event = from_summary(doc["event_kind"], json.loads(doc["summary"]))
         result = RunResult(source=source, run_id=uuid.uuid4().hex[:12], mode="retry")
-        if not isinstance(event, PaymentReceived):
-            raise ValueError(f"{doc_id}: a {doc['event_kind']} cannot be retried")
-        if doc["status"] == "held":
+        if doc["status"] == "held" and isinstance(event, PaymentReceived):
             with self.store.tx() as conn:
                 if self.store.open_conflicts_for(conn, source, event.amended_from or ""):
                     return "held"
-        return self._receipt(source, resolver, event, result, result.run_id, None, None, False, retry=True)
+        run = _Run(source, self.settings.sources[source], resolver, result, result.run_id, False, None, None, None,
+                   False)
+        return self._handle(run, event, retry=True)

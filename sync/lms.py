@@ -174,7 +174,7 @@ class LmsClient:
 
     # --- the retry layer --------------------------------------------------------------------
     def send(self, method: str, path: str, *, params: dict[str, Any] | None = None, json_body: Any = None,
-             idem_key: str | None = None) -> Answer:
+             idem_key: str | None = None, max_attempts: int | None = None) -> Answer:
         """Send with bounded retries (same key, same body). Raises DeferredError when the budget is spent."""
         headers = {C.HDR_IDEMPOTENCY_KEY: idem_key} if idem_key else None
 
@@ -185,7 +185,7 @@ class LmsClient:
             return self._send_once(method, path, params=params, json_body=json_body, headers=headers)
 
         return call_with_retry(
-            once, max_attempts=self.settings.max_attempts, max_seconds=self.settings.max_retry_seconds,
+            once, max_attempts=max_attempts or self.settings.max_attempts, max_seconds=self.settings.max_retry_seconds,
             retry_after_cap=self.settings.retry_after_cap_seconds, sleep=self._sleep, stop_event=self.stop_event,
             on_retry=lambda n, e: log.warning("lms.retry", method=method, path=path, attempt=n, error=str(e)),
             what=f"LMS {method} {path}")

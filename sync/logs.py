@@ -77,4 +77,5 @@ def configure(fmt: str = "auto", level: str = "info", stream: Any = None) -> Non
 
 
 def get_logger(**bound: Any) -> Any:
-    return structlog.get_logger("feesync").bind(**bound)
+    """A lazy logger: configuration made later (CLI start-up) still applies to module-level loggers."""
+    return structlog.get_logger("feesync", **bound)

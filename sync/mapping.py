@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 from sync import contract as C
 from sync.config import MappingSettings
 from sync.errors import ConflictError
-from sync.events import PaymentReceived
+from sync.events import CreditNoteIssued, PaymentReceived, PlanCancelled, PlanIssued
 from sync.lms import LmsClient
 from sync.money import to_lms_amount
 from sync.state import Store
@@ -28,6 +28,19 @@ KIND_CUSTOMER = "customer_student"
 KIND_INVOICE = "invoice_plan"
 KIND_INSTALLMENT = "plan_installment"
 KIND_PLAN_CURRENCY = "plan_currency"
+
+
+class WaitForPlan(Exception):  # noqa: N818 - a signal, not an error
+    """The receipt references an ERP invoice whose LMS plan this source has not created yet."""
+
+    def __init__(self, invoice_id: str) -> None:
+        super().__init__(invoice_id)
+        self.invoice_id = invoice_id
+
+
+def plan_marker(source: str, invoice_id: str) -> str:
+    """The text feesync puts in a created plan's notes, to recognise it after an uncertain outcome."""
+    return f"erp:{source}:{invoice_id}"
 
 
 @dataclass
@@ -58,6 +71,8 @@ class Resolver:
     lms: LmsClient
     tz: Any
     learn: bool = True
+    plans_from_invoices: bool = False     # the source creates plans from its invoices: receipts wait for them
+    dry_plans: dict[str, str] = field(default_factory=dict)   # dry run: invoice -> placeholder plan id
     _students: dict[str, str | None] = field(default_factory=dict)
     _plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _plan_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -125,6 +140,8 @@ class Resolver:
         raise ConflictError("no_active_plan", f"student {student_id} has no active fee plan", definitive=False)
 
     def installment_id(self, conn: Connection, plan_id: str, sequence: int) -> str:
+        if plan_id in self.dry_plans.values():
+            return f"<installment {sequence} of {plan_id}>"
         erp_key = f"{plan_id}#{sequence}"
         cached = self.store.get_mapping(conn, KIND_INSTALLMENT, "*", erp_key)
         if cached:
@@ -143,8 +160,9 @@ class Resolver:
             return lms_plan_id
         if not invoice_id:
             return None
-        return self.settings.invoices.get(invoice_id) or self.store.get_mapping(conn, KIND_INVOICE, self.source,
-                                                                                invoice_id)
+        return (self.settings.invoices.get(invoice_id)
+                or self.store.get_mapping(conn, KIND_INVOICE, self.source, invoice_id)
+                or self.dry_plans.get(invoice_id))
 
     # --- receipts ---------------------------------------------------------------------------
     def payment_method(self, mode: str | None) -> str:
@@ -160,6 +178,7 @@ class Resolver:
         """The LMS payments for one receipt: one per referenced plan/installment, deterministic."""
         method = self.payment_method(ev.method)
         targets: dict[tuple[str, int | None], Decimal] = {}
+        labels: dict[tuple[str, int | None], str] = {}
         student_cache: list[str] = []
 
         def fallback_plan() -> dict[str, Any]:
@@ -169,10 +188,14 @@ class Resolver:
 
         for ref in ev.references:
             plan_id = self.plan_for_invoice(conn, ref.invoice_id, ref.lms_plan_id)
+            if plan_id is None and self.plans_from_invoices and ref.invoice_id and ref.doctype == "Sales Invoice":
+                raise WaitForPlan(ref.invoice_id)
             if plan_id is None:
                 plan_id = str(fallback_plan()[C.PLAN_ID])
             key = (plan_id, ref.installment_index)
             targets[key] = targets.get(key, Decimal(0)) + ref.amount
+            # the key suffix names the ERP reference (never an LMS id): a retry rebuilds the same keys
+            labels.setdefault(key, f"{ref.invoice_id or 'plan'}/{ref.installment_term or ref.installment_index or '-'}")
         if not targets:
             targets[(str(fallback_plan()[C.PLAN_ID]), None)] = ev.amount
 
@@ -189,15 +212,17 @@ class Resolver:
                 raise ConflictError("unallocated_remainder",
                                     f"receipt pays {len(targets)} targets and leaves {ev.unallocated} unallocated; "
                                     "allocate it in the ERP", definitive=False)
-            for plan_id, seq in sorted(targets, key=lambda t: (t[0], t[1] or 0)):
-                suffix = f"{plan_id}" + (f"-{seq}" if seq is not None else "")
-                writes.append(self._payment(conn, ev, f"{ev.doc_id}/{suffix}", plan_id, seq,
-                                            targets[(plan_id, seq)], method))
+            for target in sorted(targets, key=lambda t: labels[t]):
+                plan_id, seq = target
+                writes.append(self._payment(conn, ev, f"{ev.doc_id}/{labels[target]}", plan_id, seq,
+                                            targets[target], method))
         self._check_currency(conn, ev, writes)
         return writes
 
     def plan_currency(self, conn: Connection, plan_id: str) -> str:
         """A plan's currency never changes: read once from the LMS, then from the state store."""
+        if plan_id in self.dry_plans.values():
+            return self._dry_currency[plan_id]
         cached = self.store.get_mapping(conn, KIND_PLAN_CURRENCY, "*", plan_id)
         if cached:
             return cached
@@ -229,6 +254,125 @@ class Resolver:
         return PlannedWrite(op="record_payment", base_key=f"{self.key_prefix}{key}", method="POST",
                             path=C.path(C.PATH_PLAN_PAYMENTS, plan_id=plan_id), body=body, plan_id=plan_id,
                             amount=whole)
+
+
+    # --- plans (the fee lifecycle) ---------------------------------------------------------------
+    _dry_currency: dict[str, str] = field(default_factory=dict)
+
+    def batch_for(self, ev: PlanIssued) -> str:
+        if ev.batch_ref and ev.batch_ref in self.settings.batches:
+            return self.settings.batches[ev.batch_ref]
+        if self.settings.default_batch_id:
+            return self.settings.default_batch_id
+        raise ConflictError("unknown_batch", f"invoice {ev.doc_id}: batch {ev.batch_ref!r} has no LMS batch; add it "
+                            "to mapping.batches", definitive=False)
+
+    def plan_write(self, conn: Connection, ev: PlanIssued) -> PlannedWrite:
+        """The create-plan request for an ERP invoice (deterministic: same invoice -> same body)."""
+        student = self.student_for(conn, ev.customer, ev.customer_email)
+        batch = self.batch_for(ev)
+        total = to_lms_amount(ev.total, field=f"total of {ev.doc_id}")
+        discount = to_lms_amount(ev.discount, field=f"discount of {ev.doc_id}") if ev.discount else 0
+        rows = ev.schedule
+        if not rows:
+            raise ConflictError("malformed_document", f"invoice {ev.doc_id} has no payment schedule", definitive=False)
+        amounts = [to_lms_amount(r.amount, field=f"schedule row {i + 1} of {ev.doc_id}") for i, r in enumerate(rows)]
+        if sum(amounts) != total - discount:
+            raise ConflictError("schedule_mismatch", f"invoice {ev.doc_id}: schedule sums to {sum(amounts)}, the "
+                                f"invoice to {total - discount}", definitive=False)
+        body: dict[str, Any] = {
+            C.PLAN_STUDENT_ID: _int_or_str(student),
+            C.PLAN_BATCH_ID: _int_or_str(batch),
+            C.PLAN_TYPE: plan_type([r.due_date for r in rows]),
+            C.PLAN_TOTAL_AMOUNT: total,
+            C.PLAN_CURRENCY: ev.currency,
+            C.PLAN_INSTALLMENTS: [
+                {C.INST_SEQUENCE: i + 1, C.INST_AMOUNT_DUE: amounts[i], C.INST_DUE_DATE: r.due_date.isoformat(),
+                 C.INST_LABEL: (r.label or r.term or f"Installment {i + 1}")[:100]}
+                for i, r in enumerate(rows)],
+            C.PLAN_NOTES: plan_marker(self.source, ev.doc_id),
+        }
+        if discount:
+            body[C.PLAN_DISCOUNT_TYPE] = "flat"
+            body[C.PLAN_DISCOUNT_VALUE] = discount
+        return PlannedWrite(op="create_plan", base_key=f"{self.key_prefix}plan:{ev.doc_id}", method="POST",
+                            path=C.PATH_FEE_PLANS, body=body, student_id=student, amount=total - discount)
+
+    def find_created_plan(self, student_id: str, invoice_id: str) -> dict[str, Any] | None:
+        """After an uncertain create: the plan already made for this invoice, recognised by its marker."""
+        marker = plan_marker(self.source, invoice_id)
+        self.forget_student(student_id)
+        for p in self.plans_of(student_id):
+            if marker in str(p.get(C.PLAN_NOTES) or ""):
+                return p
+        return None
+
+    def learn_plan(self, conn: Connection, invoice_id: str, plan: dict[str, Any], origin: str) -> None:
+        plan_id = str(plan[C.PLAN_ID])
+        self.store.set_mapping(conn, KIND_INVOICE, self.source, invoice_id, plan_id, origin)
+        if plan.get(C.PLAN_CURRENCY):
+            self.store.set_mapping(conn, KIND_PLAN_CURRENCY, "*", plan_id, str(plan[C.PLAN_CURRENCY]), "learned")
+        for inst in plan.get(C.PLAN_INSTALLMENTS) or []:
+            if inst.get(C.INST_ID) is not None and inst.get(C.INST_SEQUENCE) is not None:
+                self.store.set_mapping(conn, KIND_INSTALLMENT, "*", f"{plan_id}#{inst[C.INST_SEQUENCE]}",
+                                       str(inst[C.INST_ID]), "learned")
+
+    def dry_plan(self, ev: PlanIssued) -> str:
+        placeholder = f"<new plan for {ev.doc_id}>"
+        self.dry_plans[ev.doc_id] = placeholder
+        self._dry_currency[placeholder] = ev.currency
+        return placeholder
+
+    def cancel_write(self, conn: Connection, ev: PlanCancelled) -> PlannedWrite | None:
+        plan_id = self.plan_for_invoice(conn, ev.doc_id, ev.lms_plan_id)
+        if plan_id is None:
+            return None
+        return PlannedWrite(op="cancel_plan", base_key=f"{self.key_prefix}cancel:{ev.doc_id}", method="POST",
+                            path=C.path(C.PATH_PLAN_CANCEL, plan_id=plan_id), plan_id=plan_id,
+                            body={C.PLAN_CANCEL_REASON: f"Invoice {ev.doc_id} was cancelled in the ERP"})
+
+    def waive_writes(self, conn: Connection, ev: CreditNoteIssued) -> tuple[list[PlannedWrite], Decimal]:
+        """The installments a credit note fully covers (policy order) and the remainder it leaves."""
+        plan_id = self.plan_for_invoice(conn, ev.against_invoice, None)
+        if plan_id is None:
+            if self.plans_from_invoices:
+                raise WaitForPlan(ev.against_invoice)
+            raise ConflictError("no_plan_for_invoice", f"credit note {ev.doc_id}: invoice {ev.against_invoice} has no "
+                                "LMS plan", definitive=False)
+        if plan_id in self.dry_plans.values():
+            return [], ev.amount
+        self._plan_by_id.pop(plan_id, None)
+        plan = self.plan(plan_id)
+        if str(plan.get(C.PLAN_CURRENCY) or C.DEFAULT_CURRENCY) != ev.currency:
+            raise ConflictError("currency_mismatch", f"credit note is in {ev.currency}; plan {plan_id} is in "
+                                f"{plan.get(C.PLAN_CURRENCY)}", definitive=False)
+        unpaid = [i for i in plan.get(C.PLAN_INSTALLMENTS) or []
+                  if i.get(C.INST_STATUS) in (C.INST_PENDING, C.INST_OVERDUE) and not i.get(C.INST_AMOUNT_PAID)]
+        unpaid.sort(key=lambda i: i[C.INST_SEQUENCE], reverse=self.settings.credit_note_policy == "latest_first")
+        remaining = ev.amount
+        out = []
+        for inst in unpaid:
+            due = Decimal(inst[C.INST_AMOUNT_DUE])
+            if due > remaining:
+                break
+            remaining -= due
+            out.append(PlannedWrite(
+                op="waive_installment", base_key=f"{self.key_prefix}waive:{ev.doc_id}:{inst[C.INST_SEQUENCE]}",
+                method="POST", path=C.path(C.PATH_INSTALLMENT_WAIVE, plan_id=plan_id, installment_id=inst[C.INST_ID]),
+                body={C.INST_WAIVE_REASON: f"Credit note {ev.doc_id} against {ev.against_invoice}"},
+                plan_id=plan_id, amount=int(due)))
+        return out, remaining
+
+
+def plan_type(due_dates: list[Any]) -> str:
+    """One row -> one_time; due dates one calendar month apart -> monthly; otherwise installment."""
+    if len(due_dates) == 1:
+        return "one_time"
+    months = [(d.year * 12 + d.month) for d in due_dates]
+    if all(b - a == 1 for a, b in zip(months, months[1:], strict=False)) and \
+            len({min(d.day, 28) for d in due_dates}) == 1:
+        return "monthly"
+    return "installment"
 
 
 def _int_or_str(value: str) -> int | str:

@@ -36,7 +36,7 @@ def build(n_students: int = 10, receipts_per_student: int = 5, amount: int = 100
         sid, pid = 100 + i, 5000 + i
         email = f"student{i}@example.pk"
         students.append({"id": sid, "name": f"Student {i}", "email": email, "status": "active"})
-        per_inst = amount * receipts_per_student // 2
+        per_inst = amount * receipts_per_student   # the plan holds twice what the receipts pay
         installments = []
         for seq in (1, 2):
             inst_id += 1
@@ -143,3 +143,72 @@ max_retry_seconds = 5
 def secret_env() -> dict[str, str]:
     return {"FEESYNC_LMS__API_KEY": LMS_KEY, "FEESYNC_SOURCES__ERP__SETTINGS__API_KEY": ERP_KEY,
             "FEESYNC_SOURCES__ERP__SETTINGS__API_SECRET": ERP_SECRET}
+
+
+def invoice(name: str, customer: str, rows: list[tuple[str, int]], ts: datetime, *, item: str = "PY-BOOTCAMP",
+            plan_id: str | None = None, currency: str = "PKR", docstatus: int = 1) -> dict[str, Any]:
+    """A Sales Invoice with a payment schedule of (due_date, amount) rows named Installment 1..n."""
+    total = sum(a for _, a in rows)
+    doc = {"name": name, "doctype": "Sales Invoice", "docstatus": docstatus, "status": "Unpaid", "customer": customer,
+           "customer_name": customer, "posting_date": ts.date().isoformat(), "due_date": rows[-1][0],
+           "currency": currency, "grand_total": float(total), "rounded_total": float(total),
+           "outstanding_amount": float(total), "is_return": 0, "creation": frappe_ts(ts), "modified": frappe_ts(ts),
+           "items": [{"item_code": item, "item_name": item, "qty": 1.0, "rate": float(total), "amount": float(total)}],
+           "payment_schedule": [{"payment_term": f"Installment {i + 1}", "description": f"Installment {i + 1}",
+                                 "due_date": d, "invoice_portion": round(100 * a / total, 6),
+                                 "payment_amount": float(a), "outstanding": float(a), "paid_amount": 0.0}
+                                for i, (d, a) in enumerate(rows)]}
+    if plan_id:
+        doc["custom_zensbot_fee_plan_id"] = plan_id
+    return doc
+
+
+def credit_note(name: str, against: str, customer: str, amount: int, ts: datetime) -> dict[str, Any]:
+    return {"name": name, "doctype": "Sales Invoice", "docstatus": 1, "status": "Return", "customer": customer,
+            "customer_name": customer, "posting_date": ts.date().isoformat(), "due_date": ts.date().isoformat(),
+            "currency": "PKR", "grand_total": float(-amount), "rounded_total": float(-amount),
+            "outstanding_amount": float(-amount), "is_return": 1, "return_against": against,
+            "update_outstanding_for_self": 1, "creation": frappe_ts(ts), "modified": frappe_ts(ts),
+            "items": [{"item_code": "PY-BOOTCAMP", "qty": -1.0, "rate": float(amount), "amount": float(-amount)}]}
+
+
+def receipt_for_terms(no: int, customer: str, invoice_name: str, terms: list[tuple[str, int]],
+                      ts: datetime) -> dict[str, Any]:
+    """A Payment Entry paying named installments (payment_term) of one invoice, as the desk builds it."""
+    total = sum(a for _, a in terms)
+    pe = _pe(no, customer, total, None, ts)
+    pe["references"] = [{"reference_doctype": "Sales Invoice", "reference_name": invoice_name, "payment_term": t,
+                         "allocated_amount": float(a), "total_amount": float(total), "outstanding_amount": 0.0,
+                         "exchange_rate": 1.0} for t, a in terms]
+    pe["total_allocated_amount"] = float(total)
+    pe["unallocated_amount"] = 0.0
+    return pe
+
+
+def lifecycle(n_students: int = 1) -> dict[str, Any]:
+    """Students that exist in the LMS without plans; their plans come from ERP invoices."""
+    base = datetime(2026, 11, 1, 9, 0, tzinfo=KHI)
+    students, customers = [], []
+    for i in range(n_students):
+        email = f"learner{i}@example.pk"
+        students.append({"id": 300 + i, "name": f"Learner {i}", "email": email, "status": "active"})
+        customers.append({"name": f"Learner {i}", "customer_name": f"Learner {i}", "email_id": email,
+                          "customer_group": "Students", "modified": frappe_ts(base)})
+    return {
+        "lms_seed": {"rate_limit_per_minute": 100000, "institutes": [{
+            "id": "inst-test", "name": "Test Institute",
+            "api_keys": [{"key": LMS_KEY, "name": "feesync-test", "scopes": ["fees:read", "fees:write", "students:read"]}],
+            "batches": [{"id": 1, "name": "Python Bootcamp"}, {"id": 2, "name": "Data Science"}],
+            "students": students, "fee_plans": [], "payments": []}]},
+        "erp_data": {"site_time_zone": "Asia/Karachi",
+                     "users": [{"user": "Administrator", "api_key": ERP_KEY, "api_secret": ERP_SECRET,
+                                "roles": ["System Manager"]}],
+                     "custom_fields": {"Payment Entry": ["custom_zensbot_payment_id"],
+                                       "Sales Invoice": ["custom_zensbot_fee_plan_id"]},
+                     "amend_naming": "Amend Counter",
+                     "documents": {"Payment Entry": [], "Sales Invoice": [], "Customer": customers}},
+        "base": base,
+    }
+
+
+LIFECYCLE_MAPPING = {"batches": {"PY-BOOTCAMP": "1", "DS-201": "2"}}

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from sync.events import Unchanged
+from sync.events import PaymentReceived
 from tests import scenario
 
 
@@ -18,7 +18,7 @@ def _kill_after(n):
     seen = [0]
 
     def hook(_source, event):
-        if not isinstance(event, Unchanged):
+        if isinstance(event, PaymentReceived):
             seen[0] += 1
         if seen[0] > n:
             raise Killed
@@ -38,7 +38,8 @@ def test_45_receipts_sharing_one_modified_are_all_pushed_with_page_size_20(sandb
     result = app.engine.run_once("erp")
     assert result.counts["pushed"] == 45
     assert sorted(p["notes"] for p in lms.payments()) == sorted(f"erp:erp:{n}" for n in scn["receipts"])
-    assert erp.stats()["by_path_kind"]["list"] == 3     # 20 + 20 + 5 (short page ends it)
+    # Payment Entry pages 20 + 20 + 5 (the short page ends it) and one Sales Invoice page
+    assert erp.stats()["by_path_kind"]["list"] == 4
 
 
 def test_tie_run_killed_midway_then_restarted_pushes_each_once(sandboxes, make_app, tmp_path):
@@ -82,6 +83,8 @@ def test_cursor_never_passes_an_undecided_document(sandboxes, make_app):
     pushed_first = []
 
     def hook(_s, ev):
+        if not isinstance(ev, PaymentReceived):
+            return
         pushed_first.append(ev.doc_id)
         if len(pushed_first) == 4:
             lms.faults.fail(status=503, count=50, method="POST")
@@ -107,6 +110,6 @@ def test_idle_poll_sends_no_lms_request_and_no_erp_get(sandboxes, make_app):
     lms_before = lms.stats()["requests"]
     erp_before = erp.stats()["by_path_kind"].get("get", 0)
     result = app.engine.run_once("erp")
-    assert result.counts["unchanged"] == 9 and result.counts.get("pushed", 0) == 0
+    assert result.counts["unchanged"] == 9 + 3 and result.counts.get("pushed", 0) == 0   # 9 receipts, 3 invoices
     assert lms.stats()["requests"] == lms_before
     assert erp.stats()["by_path_kind"].get("get", 0) == erp_before

@@ -68,9 +68,9 @@ def _transport(list_capture: str, overrides: dict[str, tuple[int, bytes]] | None
     return httpx.MockTransport(handler)
 
 
-def _connector(transport: httpx.MockTransport, page_size: int = 100) -> ERPNextConnector:
+def _connector(transport: httpx.MockTransport, page_size: int = 100, invoices: bool = False) -> ERPNextConnector:
     settings = ERPNextSettings(url="http://erp.test", api_key=SecretStr("k" * 15), api_secret=SecretStr("s" * 15),
-                               page_size=page_size, max_attempts=1)
+                               page_size=page_size, max_attempts=1, sync_invoices=invoices)
     return ERPNextConnector(settings, transport=transport)
 
 
@@ -179,3 +179,38 @@ def test_malformed_single_document_becomes_malformed_event():
     evs = {e.doc_id: e for e in conn.fetch(None, _NoLedger())}
     assert isinstance(evs["ACC-PAY-2026-00002"], Malformed)
     assert "paid_amount" in evs["ACC-PAY-2026-00002"].problem
+
+
+def _invoice_list_body() -> bytes:
+    """A Sales Invoice list page as Frappe shapes it, listing the captured invoices by (modified, name)."""
+    rows = []
+    for f in sorted(FIXTURES.glob("si_get_*.json")):
+        if f.name.endswith(".meta.json"):
+            continue
+        d = json.loads(f.read_text())["data"]
+        rows.append({"name": d["name"], "modified": d["modified"], "docstatus": d["docstatus"]})
+    rows.sort(key=lambda r: (r["modified"], r["name"]))
+    return json.dumps({"data": rows}).encode()
+
+
+def test_invoices_become_plans_cancellations_and_credit_notes():
+    """Captured invoices: a submitted one is a plan with its schedule, 00004 cancels, 00013 is a credit note."""
+    fixture_path("si_get_credit_note.json")
+    conn = _connector(_transport("pe_list_all_limit0.json", {
+        "/api/resource/Sales Invoice": (200, _invoice_list_body())}), invoices=True)
+    evs = {e.doc_id: e for e in conn.fetch(None, _NoLedger())}
+    from sync.events import CreditNoteIssued, PlanCancelled, PlanIssued
+    plan = evs["ACC-SINV-2026-00001"]
+    assert isinstance(plan, PlanIssued)
+    assert [r.term for r in plan.schedule] == ["Installment 1", "Installment 2", "Installment 3"]
+    assert sum(r.amount for r in plan.schedule) == plan.total - plan.discount == Decimal("45000")
+    assert plan.customer == "Ayesha Khan" and plan.currency == "PKR"
+    explicit = evs["ACC-SINV-2026-00005"]
+    assert [r.term for r in explicit.schedule] == [None, None, None]
+    assert [r.amount for r in explicit.schedule] == [Decimal("15000")] * 3
+    assert isinstance(evs["ACC-SINV-2026-00004"], PlanCancelled)
+    note = evs["ACC-SINV-2026-00013"]
+    assert isinstance(note, CreditNoteIssued)
+    assert note.against_invoice == "ACC-SINV-2026-00006" and note.amount == Decimal("5000")
+    positions = [e.position for e in evs.values()]
+    assert positions == sorted(positions), "payments and invoices come as one ascending stream"

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import threading
 from collections.abc import Iterator
@@ -24,12 +25,16 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.erpnext._http import FrappeHTTP
 from sync.connector import SourceContext
-from sync.errors import ConflictError
-from sync.events import FeeEvent, Malformed, PaymentCancelled, PaymentReceived, Position, Reference, Unchanged
+from sync.errors import ConflictError, SourceError
+from sync.events import (
+    CreditNoteIssued, FeeEvent, Malformed, PaymentCancelled, PaymentReceived, PlanCancelled, PlanIssued, Position,
+    Reference, ScheduleRow, Unchanged,
+)
 from sync.money import to_decimal
 from sync.times import format_naive_local, parse_naive_local, zone
 
 PE = "Payment Entry"
+SI = "Sales Invoice"
 
 
 class ERPNextSettings(BaseModel):
@@ -46,6 +51,8 @@ class ERPNextSettings(BaseModel):
     max_retry_seconds: float = Field(60.0, gt=0)
     origin_fields: list[str] = Field(default_factory=lambda: ["custom_zensbot_payment_id", "zensbot_payment_id"])
     plan_id_field: str = "custom_zensbot_fee_plan_id"
+    sync_invoices: bool = True     # submitted Sales Invoices become LMS fee plans (the fee lifecycle)
+    batch_fields: list[str] = Field(default_factory=lambda: ["custom_batch", "fee_schedule"])
 
     @field_validator("site_time_zone")
     @classmethod
@@ -101,27 +108,51 @@ class ERPNextConnector:
             return [f"erpnext {self.settings.url}: {type(exc).__name__}: {exc}"]
         return []
 
+    @property
+    def plans_from_invoices(self) -> bool:
+        return self.settings.sync_invoices
+
     def fetch(self, since: Position | None, ctx: SourceContext, until: datetime | None = None) -> Iterator[FeeEvent]:
+        """Payment Entries (and Sales Invoices) merged into one `(modified, name)`-ascending stream."""
         self._customers.clear()
         self._invoices.clear()
-        after: Position | None = since
+        streams = [self._rows(PE, since, until)]
+        if self.settings.sync_invoices:
+            streams.append(self._rows(SI, since, until))
+        for _pos, doctype, row in heapq.merge(*streams, key=lambda item: item[0]):
+            event = self._event_for(row, ctx) if doctype == PE else self._invoice_event_for(row, ctx)
+            if event is not None:
+                yield event
+
+    def _rows(self, doctype: str, since: Position | None, until: datetime | None) -> Iterator[tuple[Position, str, dict]]:
+        """One doctype's rows, keyset-paged until a short page, with their parsed positions."""
+        after = since
         while True:
-            body = self.http.get(_resource(PE), self._list_params(after, until))
+            try:
+                body = self.http.get(_resource(doctype), self._list_params(after, until, doctype=doctype))
+            except LookupError as exc:
+                raise SourceError(f"ERP has no {doctype} list (404): {exc}") from None
             rows = body.get("data")
             if not isinstance(rows, list):
                 rows = []
             for row in rows:
-                event = self._event_for(row, ctx)
-                if event is not None:
-                    after = event.position
-                    yield event
+                if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+                    continue
+                try:
+                    pos = Position(parse_naive_local(str(row.get("modified", "")), self.tz), row["name"])
+                except ValueError:
+                    continue   # cannot be placed on the cursor
+                after = pos
+                yield pos, doctype, row
             if len(rows) < self.settings.page_size:
                 return
 
     # --- listing -----------------------------------------------------------------------------
-    def _list_params(self, after: Position | None, until: datetime | None, limit: int | None = None) -> dict[str, str]:
-        filters: list[list[Any]] = [["docstatus", "in", [1, 2]], ["payment_type", "=", "Receive"],
-                                    ["party_type", "=", "Customer"]]
+    def _list_params(self, after: Position | None, until: datetime | None, limit: int | None = None,
+                     doctype: str = PE) -> dict[str, str]:
+        filters: list[list[Any]] = [["docstatus", "in", [1, 2]]]
+        if doctype == PE:
+            filters += [["payment_type", "=", "Receive"], ["party_type", "=", "Customer"]]
         or_filters: list[list[Any]] = []
         if after is not None:
             m = format_naive_local(after.changed_at, self.tz)
@@ -229,6 +260,74 @@ class ERPNextConnector:
         return Reference(invoice_id=inv_name if isinstance(inv_name, str) else None, amount=amount,
                          installment_term=term, installment_index=index, doctype=doctype,
                          lms_plan_id=str(plan_id) if plan_id else None)
+
+    # --- invoices: plans, cancellations, credit notes -------------------------------------------------
+    def _invoice_event_for(self, row: dict[str, Any], ctx: SourceContext) -> FeeEvent | None:
+        name = row["name"]
+        changed = parse_naive_local(str(row.get("modified", "")), self.tz)
+        docstatus = row.get("docstatus")
+        if docstatus == 0:
+            return None
+        version = f"{row.get('modified')}|{docstatus}"
+        pos = Position(changed, name)
+        if ctx.seen(name, version):
+            return Unchanged(doc_id=name, position=pos, version=version)
+        self._invoices.pop(name, None)
+        doc = self._invoice(name)
+        if doc is None:
+            return None
+        try:
+            return self._normalise_invoice(doc, pos, version)
+        except ConflictError as exc:
+            return Malformed(doc_id=name, position=pos, version=version, problem=exc.detail, raw=doc)
+        except (KeyError, TypeError, ValueError) as exc:
+            return Malformed(doc_id=name, position=pos, version=version, problem=f"{type(exc).__name__}: {exc}",
+                             raw=doc)
+
+    def _normalise_invoice(self, doc: dict[str, Any], pos: Position, version: str) -> FeeEvent | None:
+        name = doc["name"]
+        plan_id = doc.get(self.settings.plan_id_field) or None
+        is_return = bool(doc.get("is_return"))
+        if doc.get("docstatus") == 2:
+            if is_return:
+                return None   # a cancelled credit note changes nothing that was written
+            return PlanCancelled(doc_id=name, position=pos, version=version,
+                                 lms_plan_id=str(plan_id) if plan_id else None)
+        currency = doc.get("currency")
+        if not isinstance(currency, str) or not currency:
+            raise ConflictError("malformed_document", "currency is missing", definitive=False)
+        posting = date.fromisoformat(str(doc.get("posting_date")))
+        grand = to_decimal(doc.get("grand_total"), field="grand_total")
+        if is_return:
+            against = doc.get("return_against")
+            if not against:
+                raise ConflictError("malformed_document", "credit note without return_against", definitive=False)
+            return CreditNoteIssued(doc_id=name, position=pos, version=version, against_invoice=str(against),
+                                    amount=-grand, currency=currency, posting_date=posting)
+        customer = doc.get("customer")
+        if not isinstance(customer, str) or not customer:
+            raise ConflictError("malformed_document", "customer is missing", definitive=False)
+        discount = to_decimal(doc.get("discount_amount") or 0, field="discount_amount")
+        schedule = []
+        for i, r in enumerate(doc.get("payment_schedule") or []):
+            if not isinstance(r, dict):
+                continue
+            schedule.append(ScheduleRow(
+                due_date=date.fromisoformat(str(r.get("due_date"))),
+                amount=to_decimal(r.get("payment_amount"), field=f"payment_schedule[{i}].payment_amount"),
+                label=r.get("description") or r.get("payment_term") or None, term=r.get("payment_term") or None))
+        if not schedule:   # no schedule rows: one installment due on the invoice's due date
+            due = date.fromisoformat(str(doc.get("due_date") or doc.get("posting_date")))
+            schedule.append(ScheduleRow(due_date=due, amount=grand, label="Full fee"))
+        batch = next((str(doc[f]) for f in self.settings.batch_fields if doc.get(f)), None)
+        if batch is None:
+            items = [i for i in doc.get("items") or [] if isinstance(i, dict) and i.get("item_code")]
+            batch = str(items[0]["item_code"]) if items else None
+        return PlanIssued(doc_id=name, position=pos, version=version, customer=customer,
+                          customer_email=None if plan_id else self._customer(customer).get("email_id"),
+                          batch_ref=batch, total=grand + discount, discount=discount, currency=currency,
+                          posting_date=posting, schedule=tuple(schedule),
+                          lms_plan_id=str(plan_id) if plan_id else None, raw=doc)
 
     def _customer(self, name: str) -> dict[str, Any]:
         if name not in self._customers:

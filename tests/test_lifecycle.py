@@ -1,0 +1,208 @@
+"""The whole fee lifecycle from ERPNext over real loopback HTTP: plans, payments, cancellations, waivers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from sync.state import conflicts
+from tests import scenario
+
+ROWS = [("2026-11-01", 18000), ("2026-12-01", 13500), ("2027-01-01", 13500)]
+
+
+def _open_kinds(app):
+    with app.store.engine.connect() as c:
+        return sorted(c.execute(select(conflicts.c.kind).where(conflicts.c.status == "open")).scalars())
+
+
+def _setup(sandboxes, make_app, docs, n_students=1):
+    scn = scenario.lifecycle(n_students)
+    for doctype, doc in docs(scn["base"]):
+        scn["erp_data"]["documents"][doctype].append(doc)
+    lms, erp = sandboxes(scn)
+    app = make_app(lms, erp, mapping=scenario.LIFECYCLE_MAPPING)
+    return scn, lms, erp, app
+
+
+def test_invoice_with_3_installments_becomes_one_plan_paid_to_completion(sandboxes, make_app):
+    """Same due dates and amounts in the LMS; paying each installment in the ERP marks it paid; the plan completes."""
+    scn, lms, erp, app = _setup(sandboxes, make_app, lambda b: [
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00001", "Learner 0", ROWS, b))])
+    app.engine.run_once("erp")
+    plans = lms.plans()
+    assert len(plans) == 1
+    plan = plans[0]
+    assert plan["plan_type"] == "monthly" and plan["student_id"] == 300 and plan["batch_id"] == 1
+    assert [(i["due_date"], i["amount_due"]) for i in plan["installments"]] == ROWS
+    assert plan["notes"] == "erp:erp:ACC-SINV-2026-00001"
+
+    base = scn["base"]
+    for n, (term, amount) in enumerate([("Installment 1", 18000), ("Installment 2", 13500), ("Installment 3", 13500)]):
+        erp.insert("Payment Entry", scenario.receipt_for_terms(10 + n, "Learner 0", "ACC-SINV-2026-00001",
+                                                               [(term, amount)], base + timedelta(hours=n + 1)),
+                   modified=base + timedelta(days=1, hours=n))
+        app.engine.run_once("erp")
+        plan = lms.plans()[0]
+        assert [i["status"] for i in plan["installments"]][: n + 1] == ["paid"] * (n + 1)
+    assert plan["status"] == "completed"
+    pays = lms.payments()
+    assert [p["amount"] for p in pays] == [18000, 13500, 13500]
+    assert [p["fee_installment_id"] for p in pays] == [i["id"] for i in plan["installments"]]
+    assert _open_kinds(app) == []
+
+
+def test_cancelled_invoice_cancels_its_plan(sandboxes, make_app):
+    """Cancelling the invoice in the ERP cancels the plan feesync created for it, once."""
+    scn, lms, erp, app = _setup(sandboxes, make_app, lambda b: [
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00001", "Learner 0", ROWS, b))])
+    app.engine.run_once("erp")
+    assert lms.plans()[0]["status"] == "active"
+    erp.cancel("Sales Invoice", "ACC-SINV-2026-00001")
+    result = app.engine.run_once("erp")
+    assert lms.plans()[0]["status"] == "cancelled"
+    assert result.counts["cancel_plan_done"] == 1
+    again = app.engine.run_once("erp")
+    assert again.counts.get("cancel_plan_done", 0) == 0 and len(lms.plans()) == 1
+
+
+def test_full_credit_note_waives_installments_and_partial_opens_a_conflict(sandboxes, make_app):
+    """A note covering the two unpaid installments waives both; a note for half an installment is a conflict."""
+    scn, lms, erp, app = _setup(sandboxes, make_app, lambda b: [
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00001", "Learner 0", ROWS, b)),
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00002", "Learner 0", [("2026-11-15", 5000)], b,
+                                           item="DS-201"))], n_students=1)
+    app.engine.run_once("erp")
+    base = scn["base"]
+    erp.insert("Sales Invoice", scenario.credit_note("ACC-SINV-2026-00003", "ACC-SINV-2026-00001", "Learner 0",
+                                                     27000, base + timedelta(days=2)), modified=base + timedelta(days=2))
+    erp.insert("Sales Invoice", scenario.credit_note("ACC-SINV-2026-00004", "ACC-SINV-2026-00002", "Learner 0",
+                                                     2500, base + timedelta(days=2, hours=1)),
+               modified=base + timedelta(days=2, hours=1))
+    app.engine.run_once("erp")
+    by_note = {p["notes"]: p for p in lms.plans()}
+    full = by_note["erp:erp:ACC-SINV-2026-00001"]
+    assert [i["status"] for i in full["installments"]] == ["pending", "waived", "waived"]
+    partial = by_note["erp:erp:ACC-SINV-2026-00002"]
+    assert [i["status"] for i in partial["installments"]] == ["pending"]
+    assert _open_kinds(app) == ["partial_credit_note"]
+
+
+def test_receipt_before_its_invoice_in_the_same_page_is_pushed_after_the_plan(sandboxes, make_app):
+    """The receipt's modified is older than its invoice's: it waits, the plan is created, then it is pushed."""
+    scn, lms, erp, app = _setup(sandboxes, make_app, lambda b: [
+        ("Payment Entry", scenario.receipt_for_terms(1, "Learner 0", "ACC-SINV-2026-00001",
+                                                     [("Installment 1", 18000)], b)),
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00001", "Learner 0", ROWS, b + timedelta(minutes=5)))])
+    result = app.engine.run_once("erp")
+    assert result.counts["pushed"] == 1 and result.counts["create_plan_done"] == 1
+    pays = lms.payments()
+    assert len(pays) == 1 and pays[0]["amount"] == 18000
+    assert lms.plans()[0]["installments"][0]["status"] == "paid"
+    assert app.store.get_cursor("erp").doc_id == "ACC-SINV-2026-00001"
+    assert _open_kinds(app) == []
+
+
+def test_receipt_paying_two_installments_writes_two_payments_and_a_retry_adds_none(sandboxes, make_app):
+    """One LMS payment per installment, keys derived from the document and the reference; a dropped answer replays."""
+    scn, lms, erp, app = _setup(sandboxes, make_app, lambda b: [
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00001", "Learner 0", ROWS, b)),
+        ("Payment Entry", scenario.receipt_for_terms(1, "Learner 0", "ACC-SINV-2026-00001",
+                                                     [("Installment 1", 18000), ("Installment 2", 13500)],
+                                                     b + timedelta(minutes=1)))])
+    app.engine.run_once("erp")     # creates the plan
+    assert len(lms.payments()) == 2
+    # now the same shape again with a dropped answer on the second payment
+    erp.insert("Payment Entry", scenario.receipt_for_terms(2, "Learner 0", "ACC-SINV-2026-00001",
+                                                           [("Installment 3", 13500)],
+                                                           scn["base"] + timedelta(days=1)),
+               modified=scn["base"] + timedelta(days=1))
+    lms.faults.drop_after_apply(count=1, method="POST", path_regex="/payments$")
+    result = app.engine.run_once("erp")
+    pays = lms.payments()
+    assert len(pays) == 3
+    assert result.counts["writes_replayed"] == 1
+    plan = lms.plans()[0]
+    first = [p for p in pays if p["reference_number"] == "ACC-PAY-2026-00001"]
+    assert sorted(p["fee_installment_id"] for p in first) == sorted(i["id"] for i in plan["installments"][:2])
+    assert plan["status"] == "completed"
+
+
+def test_create_plan_lost_response_yields_exactly_one_plan(sandboxes, make_app):
+    """The sandbox creates the plan and drops the answer; feesync recognises it and creates no second one."""
+    scn, lms, erp, app = _setup(sandboxes, make_app, lambda b: [
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00001", "Learner 0", ROWS, b))])
+    lms.faults.drop_after_apply(count=1, method="POST", path_regex="/fee-plans$")
+    app.engine.run_once("erp")
+    assert len(lms.plans()) == 1
+    app.engine.run_once("erp")
+    assert len(lms.plans()) == 1
+
+
+def test_create_plan_lost_response_with_key_ignored_still_one_plan(sandboxes, make_app):
+    """Even when the LMS ignores Idempotency-Key on create, a lost answer never yields two plans."""
+    scn, lms, erp, app = _setup(sandboxes, make_app, lambda b: [
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00001", "Learner 0", ROWS, b))])
+    lms.faults.ignore_idempotency_on_create_plan = True
+    lms.faults.drop_after_apply(count=1, method="POST", path_regex="/fee-plans$")
+    result = app.engine.run_once("erp")
+    assert len(lms.plans()) == 1
+    assert result.counts["create_plan_done"] == 1
+    with app.store.engine.connect() as c:
+        from sync.state import writes
+        row = c.execute(select(writes.c.lms_id, writes.c.status).where(writes.c.op == "create_plan")).one()
+    assert row.status == "done" and row.lms_id == str(lms.plans()[0]["id"])
+
+
+def test_cancelled_pushed_receipt_and_its_amendment(sandboxes, make_app):
+    """Cancel after push opens reversed_in_erp; the amendment waits until that is resolved, then is pushed once."""
+    scn = scenario.build(n_students=1, receipts_per_student=1)
+    lms, erp = sandboxes(scn)
+    app = make_app(lms, erp)
+    app.engine.run_once("erp")
+    name = scn["receipts"][0]
+    erp.cancel("Payment Entry", name)
+    erp.amend("Payment Entry", name, {"paid_amount": 900.0, "received_amount": 900.0,
+                                      "references": [{"reference_doctype": "Sales Invoice",
+                                                      "reference_name": "ACC-SINV-2026-00001",
+                                                      "allocated_amount": 900.0}]})
+    app.engine.run_once("erp")
+    assert sorted(_open_kinds(app)) == ["amended_after_sync", "reversed_in_erp"]
+    assert len(lms.payments()) == 1
+    receipt = lms.payments()[0]["receipt_number"]
+    with app.store.engine.connect() as c:
+        detail = c.execute(select(conflicts.c.detail).where(conflicts.c.kind == "reversed_in_erp")).scalar()
+        cid = c.execute(select(conflicts.c.id).where(conflicts.c.kind == "reversed_in_erp")).scalar()
+    assert receipt in detail
+    app.engine.run_once("erp")
+    assert len(lms.payments()) == 1, "not pushed while the original's conflict is open"
+    from sync import ops
+    ops.set_status(app.store, [cid], "resolved", actor="finance", note="reversed RCP by hand")
+    app.engine.run_once("erp")
+    pays = lms.payments()
+    assert len(pays) == 2 and pays[1]["amount"] == 900
+    app.engine.run_once("erp")
+    assert len(lms.payments()) == 2
+    assert _open_kinds(app) == []
+
+
+def test_dry_run_writes_nothing_and_lists_what_a_real_run_does(sandboxes, make_app):
+    """Zero LMS writes and an unmoved cursor; the listed writes equal those a real run then makes."""
+    scn, lms, erp, app = _setup(sandboxes, make_app, lambda b: [
+        ("Payment Entry", scenario.receipt_for_terms(1, "Learner 0", "ACC-SINV-2026-00001",
+                                                     [("Installment 1", 18000)], b)),
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00001", "Learner 0", ROWS, b + timedelta(minutes=5))),
+        ("Payment Entry", scenario.receipt_for_terms(2, "Learner 0", "ACC-SINV-2026-00001",
+                                                     [("Installment 2", 13500), ("Installment 3", 13500)],
+                                                     b + timedelta(minutes=9)))])
+    dry = app.engine.run_once("erp", dry_run=True)
+    assert lms.stats()["writes_received"] == 0
+    assert app.store.get_cursor("erp") is None
+    listed = sorted((w["op"], w["key"]) for w in dry.planned)
+    real = app.engine.run_once("erp")
+    with app.store.engine.connect() as c:
+        from sync.state import writes
+        made = sorted((r.op, r.idem_key) for r in c.execute(select(writes.c.op, writes.c.idem_key)))
+    assert listed == made
+    assert real.counts["writes_done"] == len(made) == 4
