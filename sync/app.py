@@ -23,11 +23,13 @@ class App:
     connectors: dict[str, Any]
     engine: Engine
     stop_event: threading.Event = field(default_factory=threading.Event)
+    lms_clients: dict[str, LmsClient] = field(default_factory=dict)
 
     def close(self) -> None:
         for c in self.connectors.values():
             c.close()
-        self.lms.close()
+        for client in self.lms_clients.values() or [self.lms]:
+            client.close()
         self.store.close()
 
 
@@ -59,8 +61,21 @@ def build_app(settings: Settings, *, lms_transport: Any = None, pacing: bool = T
               sleep: Any = None) -> App:
     stop_event = threading.Event()
     connectors = build_connectors(settings, stop_event)
-    store = Store.open(settings.state_path)
-    limiter = make_limiter(settings.lms, Path(settings.state_path).resolve().parent) if pacing else None
-    lms = LmsClient(settings.lms, transport=lms_transport, limiter=limiter, stop_event=stop_event, sleep=sleep)
-    engine = Engine(settings, store, lms, connectors, stop_event=stop_event)
-    return App(settings, store, lms, connectors, engine, stop_event)
+    target = settings.state_target()
+    store = Store.open(target)
+    pg_url = target if not store.is_sqlite else None
+    clients: dict[str, LmsClient] = {}
+    try:
+        for inst_id, inst in settings.institutes.items():
+            limiter = None
+            if pacing:
+                limiter = make_limiter(inst.lms, Path(settings.state_path).resolve().parent, pg_url=pg_url)
+            clients[inst_id] = LmsClient(inst.lms, transport=lms_transport, limiter=limiter, stop_event=stop_event,
+                                         sleep=sleep)
+    except Exception:
+        store.close()
+        for c in connectors.values():
+            c.close()
+        raise
+    engine = Engine(settings, store, clients, connectors, stop_event=stop_event)
+    return App(settings, store, engine.lms, connectors, engine, stop_event, clients)

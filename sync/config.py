@@ -153,6 +153,7 @@ class SourceSettings(BaseModel):
     cron: str | None = None
     lookback: str = "10m"
     lag: str = "2s"
+    institute: str = "default"   # set from the [institutes.<id>] section the source is declared in
     key_prefix: str = ""          # prepended to Idempotency-Keys when several ERPs share one institute
     max_stale: str | None = None   # /healthz: last successful run must be newer than this
     settings: dict[str, Any] = Field(default_factory=dict)
@@ -175,6 +176,15 @@ class SourceSettings(BaseModel):
         return parse_duration(self.mapping.plan_wait_limit)
 
 
+class InstituteSettings(BaseModel):
+    """One LMS institute (one API key, its own rate budget) and the sources that write to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lms: LmsSettings
+    sources: dict[str, SourceSettings] = Field(default_factory=dict)
+
+
 class Settings(BaseSettings):
     """The whole configuration. `FEESYNC_CONFIG` or `--config` names the TOML file."""
 
@@ -182,6 +192,8 @@ class Settings(BaseSettings):
     toml_path: ClassVar[Path | None] = None
 
     state_path: str = "./feesync-state.db"
+    state_url: SecretStr | None = None   # e.g. postgresql+psycopg://user:pass@host/db (replicas share it)
+    lease_ttl: str = "30s"               # a replica that stops renewing loses its sources after this
     log_format: str = "auto"    # auto | json | console
     log_level: str = "info"
     report_dir: str = "./feesync-reports"
@@ -220,8 +232,45 @@ class Settings(BaseSettings):
     def _heal_interval(cls, v: str) -> str:
         parse_duration(v)
         return v
-    lms: LmsSettings = Field(default_factory=LmsSettings)
+    lms: LmsSettings | None = None                       # the single institute's LMS (or use [institutes])
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
+    institutes: dict[str, InstituteSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _flatten(self) -> Settings:
+        """Every source ends up in `sources` with its `institute`; the top-level [lms] is institute 'default'."""
+        if self.lms is not None and "default" not in self.institutes:
+            self.institutes["default"] = InstituteSettings(lms=self.lms, sources={})
+            for src in self.sources.values():
+                src.institute = "default"
+        elif self.lms is None and self.sources and not self.institutes:
+            self.lms = LmsSettings()
+            self.institutes["default"] = InstituteSettings(lms=self.lms, sources={})
+        for inst_id, inst in self.institutes.items():
+            for name, src in inst.sources.items():
+                if name in self.sources and self.sources[name] is not src:
+                    raise ValueError(f"source {name!r} is declared twice (source names are global)")
+                src.institute = inst_id
+                self.sources[name] = src
+        if self.lms is None and self.institutes:
+            self.lms = next(iter(self.institutes.values())).lms
+        if self.lms is None:
+            self.lms = LmsSettings()
+        if self.state_url is not None:
+            from sqlalchemy.engine import make_url
+            try:
+                pw = make_url(self.state_url.get_secret_value()).password
+            except Exception:  # noqa: BLE001 - reported as a config problem below
+                raise ValueError("state_url is not a database URL") from None
+            if pw:
+                register_secret(str(pw))
+        return self
+
+    def lms_for(self, source: str) -> LmsSettings:
+        return self.institutes[self.sources[source].institute].lms
+
+    def state_target(self) -> str:
+        return self.state_url.get_secret_value() if self.state_url is not None else self.state_path
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -269,7 +318,12 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     finally:
         Settings.toml_path = None
     problems: list[str] = []
-    if settings.lms.api_key is None:
+    for inst_id, inst in settings.institutes.items():
+        if inst.lms.api_key is None:
+            where = "lms" if inst_id == "default" and inst.lms is settings.lms else f"institutes.{inst_id}.lms"
+            env = "FEESYNC_LMS__API_KEY" if where == "lms" else f"FEESYNC_INSTITUTES__{inst_id.upper()}__LMS__API_KEY"
+            problems.append(f"{where}.api_key: missing (set {env} or {where}.api_key_file)")
+    if not settings.institutes and settings.lms.api_key is None:
         problems.append("lms.api_key: missing (set FEESYNC_LMS__API_KEY or lms.api_key_file)")
     for name, src in settings.sources.items():
         if not src.interval and not src.cron:

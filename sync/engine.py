@@ -128,22 +128,30 @@ def _fp(body_json: str) -> str:
 
 
 class Engine:
-    def __init__(self, settings: Settings, store: Store, lms: LmsClient, connectors: dict[str, Connector], *,
-                 stop_event: threading.Event | None = None,
+    def __init__(self, settings: Settings, store: Store, lms: LmsClient | dict[str, LmsClient],
+                 connectors: dict[str, Connector], *, stop_event: threading.Event | None = None,
                  on_event: Callable[[str, FeeEvent], None] | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.lms = lms
+        self.lms_clients = lms if isinstance(lms, dict) else {"default": lms}
+        self.lms = next(iter(self.lms_clients.values()))   # the (first) institute's client
         self.connectors = connectors
         self.stop_event = stop_event or threading.Event()
-        self.tz = zone(settings.lms.time_zone)
         self.on_event = on_event   # progress hook (backfill bar, tests' kill points)
+        # heartbeat(source) -> False when this replica lost the source's lease: stop before writing more
+        self.heartbeat: Callable[[str], bool] | None = None
+
+    def institute(self, source: str) -> str:
+        return self.settings.sources[source].institute
+
+    def lms_for(self, source: str) -> LmsClient:
+        return self.lms_clients.get(self.institute(source)) or self.lms
 
     def _resolver(self, source: str, *, learn: bool = True) -> Resolver:
         src = self.settings.sources[source]
         connector = self.connectors.get(source)
         return Resolver(source=source, key_prefix=src.key_prefix, settings=src.mapping, store=self.store,
-                        lms=self.lms, tz=self.tz, learn=learn,
+                        lms=self.lms_for(source), tz=zone(self.settings.lms_for(source).time_zone), learn=learn,
                         plans_from_invoices=bool(getattr(connector, "plans_from_invoices", False)))
 
     # --- public ---------------------------------------------------------------------------------
@@ -156,8 +164,9 @@ class Engine:
         connector = self.connectors[source]
         run_id = uuid.uuid4().hex[:12]
         result = RunResult(source=source, run_id=run_id, mode="dry-run" if dry_run else mode)
-        rlog = log.bind(source=source, run_id=run_id, mode=result.mode)
-        rid = None if dry_run else self.store.start_run(run_id, source, result.mode)
+        institute = self.institute(source)
+        rlog = log.bind(institute=institute, source=source, run_id=run_id, mode=result.mode)
+        rid = None if dry_run else self.store.start_run(run_id, source, result.mode, institute=institute)
         cursor_key = cursor_name or source
         resolver = self._resolver(source, learn=not dry_run)
         try:
@@ -181,6 +190,11 @@ class Engine:
                     break
                 if self.on_event is not None:
                     self.on_event(source, event)
+                if self.heartbeat is not None and not self.heartbeat(source):
+                    result.status = "stopped"
+                    result.error = "lease lost to another replica"
+                    rlog.warning("lease.lost", reason="another replica holds this source now")
+                    break
                 try:
                     self._handle(run, event)
                 except RetryLater as exc:
@@ -223,7 +237,7 @@ class Engine:
         rlog.info("run.finished", status=result.status, seconds=round(result.seconds, 3),
                   **{f"n_{k}": v for k, v in result.counts.items()},
                   skipped=dict(result.skipped), conflicts=dict(result.conflicts),
-                  lms_requests=dict(self.lms.requests))
+                  lms_requests=dict(self.lms_for(source).requests))
         return result
 
     # --- cursor and ledger helpers -----------------------------------------------------------------
@@ -237,7 +251,7 @@ class Engine:
     def _commit_cursor(self, conn: Connection, run: _Run, event: FeeEvent) -> None:
         pos = run.advance_for(event)
         if pos is not None and run.cursor_key:
-            self.store.set_cursor(conn, run.cursor_key, pos, run.run_id)
+            self.store.set_cursor(conn, run.cursor_key, pos, run.run_id, institute=self.institute(run.source))
             run.last_cursor = pos
 
     def _mark(self, source: str, event: FeeEvent, status: str) -> None:
@@ -250,7 +264,7 @@ class Engine:
         summary = event.summary()
         amount = getattr(event, "amount", None) if not isinstance(event, PlanIssued) else event.total - event.discount
         self.store.upsert_document(
-            conn, source, event.doc_id, event_kind=event.kind, version=event.version,
+            conn, source, event.doc_id, institute=self.institute(source), event_kind=event.kind, version=event.version,
             fingerprint=event.fingerprint(), status=status, reason=reason,
             changed_at=event.position.changed_at.isoformat(), summary=json.dumps(summary),
             amount=str(amount) if amount is not None else None, currency=getattr(event, "currency", None),
@@ -311,7 +325,8 @@ class Engine:
             if exc.extra.get("remaining_balance") is not None:
                 detail += f" (remaining balance {exc.extra['remaining_balance']})"
             self.store.open_conflict(
-                conn, source=run.source, doc_id=event.doc_id, kind=exc.kind, detail=detail,
+                conn, source=run.source, institute=self.institute(run.source), doc_id=event.doc_id, kind=exc.kind,
+                detail=detail,
                 write_id=write["id"] if write else None,
                 amount=str(amount) if amount is not None else None, currency=getattr(event, "currency", None),
                 customer=getattr(event, "customer", None), lms_receipt=receipt,
@@ -446,7 +461,7 @@ class Engine:
                     if doc is None or doc["status"] not in ("pushed",):
                         self._save_doc(conn, run.source, event, "pending", None)
                     wid = self.store.insert_write(
-                        conn, source=run.source, doc_id=event.doc_id, op=pw.op, base_key=pw.base_key,
+                        conn, source=run.source, institute=self.institute(run.source), doc_id=event.doc_id, op=pw.op, base_key=pw.base_key,
                         revision=revision, idem_key=key, method=pw.method, path=pw.path, body=body_json,
                         body_fingerprint=_fp(body_json), status="intent")
             uncertain = latest is not None and latest["status"] == "intent"
@@ -507,11 +522,11 @@ class Engine:
         if pw.op != "create_plan":
             with self.store.tx() as conn:
                 conn.execute(self._bump_attempts(wid))
-            answer = self.lms.send(pw.method, pw.path, json_body=body, idem_key=key)
+            answer = self.lms_for(run.source).send(pw.method, pw.path, json_body=body, idem_key=key)
             return (answer.body if isinstance(answer.body, dict) else {}), answer.replayed
         # create plan: never trust the key alone. After any uncertain outcome, look the plan up first.
         student = str(body.get(C.PLAN_STUDENT_ID))
-        attempts = self.settings.lms.max_attempts
+        attempts = self.settings.lms_for(run.source).max_attempts
         last_exc: RetryLater | None = None
         for attempt in range(attempts):
             if uncertain or attempt > 0:
@@ -526,7 +541,8 @@ class Engine:
             with self.store.tx() as conn:
                 conn.execute(self._bump_attempts(wid))
             try:
-                answer = self.lms.send(pw.method, pw.path, json_body=body, idem_key=key, max_attempts=1)
+                answer = self.lms_for(run.source).send(pw.method, pw.path, json_body=body, idem_key=key,
+                                                       max_attempts=1)
                 return (answer.body if isinstance(answer.body, dict) else {}), answer.replayed
             except RetryLater as exc:
                 last_exc = exc

@@ -98,10 +98,21 @@ def _parse_retry_after(value: str | None) -> float | None:
     return max(0.0, seconds) if seconds == seconds else None
 
 
-def make_limiter(settings: LmsSettings, default_dir: str | Path | None) -> Limiter:
-    """Client-side pacing under the LMS limit, shared by every process using the same key (rule 16)."""
+def make_limiter(settings: LmsSettings, default_dir: str | Path | None, *, pg_url: str | None = None) -> Limiter:
+    """Client-side pacing under the LMS limit, shared by every process using the same key (rule 16).
+
+    On one machine the budget lives in a SQLite file beside the state store (daemon and backfill
+    share it); with a PostgreSQL state (replicas) it lives in that database, so the per-key limit
+    holds across every replica.
+    """
     per_minute = max(1, int(settings.rate_limit_per_minute * settings.rate_safety))
     rates = [Rate(per_minute, Duration.MINUTE)]
+    if pg_url is not None:
+        from psycopg_pool import ConnectionPool
+        from pyrate_limiter import PostgresBucket
+        dsn = pg_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        pool = ConnectionPool(dsn, min_size=1, max_size=4, open=True)
+        return Limiter(PostgresBucket(pool, "feesync_lms_pacing", rates), buffer_ms=20)
     path = settings.limiter_path or (str(Path(default_dir) / "feesync-pacing.db") if default_dir else None)
     bucket = SQLiteBucket.init_from_file(rates, db_path=path, table="lms_pacing",
                                          create_new_table=True, use_file_lock=path is not None)

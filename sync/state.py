@@ -1,14 +1,19 @@
-"""The SQLite state store: cursors, the write ledger, conflicts, learned mappings and run history.
+"""The state store: cursors, the write ledger, conflicts, learned mappings, run history and leases.
 
-One SQLite file in WAL mode. Every outcome and the cursor it allows are committed in one
-transaction (sync-correctness rule 5). The schema carries a version; opening a store of
-another version fails with a clear message. `state.db-schema` at the repository root is the
-DDL this module creates (a test keeps them equal).
+One SQLite file in WAL mode by default, or a PostgreSQL database (`state_url`) shared by
+replicas. Every outcome and the cursor it allows are committed in one transaction
+(sync-correctness rule 5). The schema evolves through Alembic migrations (`sync/migrations`);
+a new store is created by running them, an older one is refused with the command that
+upgrades it (`feesync state upgrade`). `state.db-schema` at the repository root is the DDL the
+migrations create on SQLite (a test keeps them equal).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -16,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Column, Connection, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, create_engine,
-    event, select, text,
+    Column, Connection, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, create_engine,
+    event, inspect, select, text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -26,7 +31,9 @@ from sync.errors import StateError
 from sync.events import Position
 from sync.times import utcnow
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+HEAD_REVISION = "0002"
+MIGRATIONS = str(Path(__file__).with_name("migrations"))
 
 metadata = MetaData()
 
@@ -43,6 +50,7 @@ cursors = Table(
     Column("doc_id", String, nullable=False),
     Column("updated_at", String, nullable=False),
     Column("run_id", String),
+    Column("institute", String, nullable=False, server_default="default"),
 )
 
 documents = Table(
@@ -63,6 +71,7 @@ documents = Table(
     Column("customer", String),
     Column("first_seen", String, nullable=False),
     Column("updated_at", String, nullable=False),
+    Column("institute", String, nullable=False, server_default="default"),
     UniqueConstraint("source", "doc_id", name="uq_documents_source_doc"),
 )
 Index("ix_documents_status", documents.c.source, documents.c.status)
@@ -90,6 +99,7 @@ writes = Table(
     Column("created_at", String, nullable=False),
     Column("sent_at", String),
     Column("decided_at", String),
+    Column("institute", String, nullable=False, server_default="default"),
     UniqueConstraint("idem_key", name="uq_writes_idem_key"),
 )
 Index("ix_writes_doc", writes.c.source, writes.c.doc_id)
@@ -116,9 +126,11 @@ conflicts = Table(
     Column("resolved_at", String),
     Column("resolved_by", String),
     Column("note", Text),
+    Column("institute", String, nullable=False, server_default="default"),
 )
 Index("ix_conflicts_status", conflicts.c.status, conflicts.c.kind)
 Index("ix_conflicts_doc", conflicts.c.source, conflicts.c.doc_id)
+Index("ix_conflicts_institute", conflicts.c.institute, conflicts.c.status)
 
 conflict_history = Table(
     "conflict_history", metadata,
@@ -153,8 +165,17 @@ runs = Table(
     Column("status", String, nullable=False),        # running | ok | conflicts | deferred | stopped | failed
     Column("counts", Text),
     Column("error", Text),
+    Column("institute", String, nullable=False, server_default="default"),
 )
 Index("ix_runs_source", runs.c.source, runs.c.id)
+
+leases = Table(
+    "leases", metadata,
+    Column("source", String, primary_key=True),
+    Column("owner", String, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
 
 memo = Table(
     "memo", metadata,
@@ -173,22 +194,64 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode survives a process crash (SIGKILL); only power loss can drop the
     # last commits. Set FEESYNC_SQLITE_SYNCHRONOUS=FULL where that matters more than speed.
-    import os
-    cur.execute(f"PRAGMA synchronous={os.environ.get('FEESYNC_SQLITE_SYNCHRONOUS', 'NORMAL')}")
+    mode = os.environ.get("FEESYNC_SQLITE_SYNCHRONOUS", "NORMAL").upper()
+    cur.execute(f"PRAGMA synchronous={mode if mode in ('OFF', 'NORMAL', 'FULL', 'EXTRA') else 'NORMAL'}")
     cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
 
+def state_url(target: str | Path) -> str:
+    """A SQLAlchemy URL from a path (SQLite) or a URL (postgresql+psycopg://...)."""
+    text_target = str(target)
+    if "://" in text_target:
+        return text_target
+    return f"sqlite:///{Path(text_target)}"
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        eng = create_engine(url, pool_size=8, max_overflow=8)
+        event.listen(eng, "connect", _sqlite_pragmas)
+        return eng
+    return create_engine(url, pool_size=5, max_overflow=10, pool_pre_ping=True)
+
+
+def _alembic_config(conn: Connection) -> Any:
+    from alembic.config import Config
+    cfg = Config()
+    cfg.set_main_option("script_location", MIGRATIONS)
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def _revision(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def _describe(url: str) -> str:
+    """A path or URL fit for messages: the password is never shown."""
+    if url.startswith("sqlite:///"):
+        return url.removeprefix("sqlite:///")
+    from sqlalchemy.engine import make_url
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def schema_ddl() -> str:
-    """The DDL of the current schema, as SQLite stores it (what `state.db-schema` holds)."""
-    eng = create_engine("sqlite://")
-    metadata.create_all(eng)
-    with eng.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' "
-            "ORDER BY CASE type WHEN 'table' THEN 0 ELSE 1 END, name")).scalars().all()
-    header = f"-- feesync state store schema, version {SCHEMA_VERSION}. Generated by `feesync state schema`.\n"
+    """The DDL the migrations create on SQLite (what `state.db-schema` holds)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "schema.db"
+        Store.open(path).close()
+        con = sqlite3.connect(path)
+        try:
+            rows = [r[0] for r in con.execute(
+                "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' "
+                "ORDER BY CASE type WHEN 'table' THEN 0 ELSE 1 END, name")]
+        finally:
+            con.close()
+    header = (f"-- feesync state store schema, version {SCHEMA_VERSION} (Alembic revision {HEAD_REVISION}).\n"
+              "-- Generated by `feesync state schema`; created by the migrations in sync/migrations.\n")
     return header + "".join(f"{r.strip()};\n\n" for r in rows).rstrip() + "\n"
 
 
@@ -198,42 +261,89 @@ class Store:
     def __init__(self, engine: Engine, path: str) -> None:
         self.engine = engine
         self.path = path
+        self.is_sqlite = engine.dialect.name == "sqlite"
 
     # --- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = True) -> Store:
-        p = Path(path)
-        exists = p.exists() and p.stat().st_size > 0
-        if not exists and not create:
-            raise StateError(f"state store {str(p)!r} does not exist")
-        if not exists:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(f"sqlite:///{p}", pool_size=8, max_overflow=8)
-        event.listen(engine, "connect", _sqlite_pragmas)
-        store = cls(engine, str(p))
+    def open(cls, target: str | Path, *, create: bool = True) -> Store:
+        """Open a store; a new one is created by the migrations; an outdated one is refused."""
+        url = state_url(target)
+        if url.startswith("sqlite:///"):
+            p = Path(url.removeprefix("sqlite:///"))
+            if not (p.exists() and p.stat().st_size > 0):
+                if not create:
+                    raise StateError(f"state store {str(p)!r} does not exist")
+                p.parent.mkdir(parents=True, exist_ok=True)
+        engine = _engine(url)
+        store = cls(engine, _describe(url))
         try:
             with engine.begin() as conn:
-                tables = set(conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'")).scalars())
+                tables = set(inspect(conn).get_table_names())
+                if not tables - {"sqlite_sequence"}:
+                    if not create:
+                        raise StateError(f"state store {store.path!r} is empty")
+                    from alembic import command
+                    command.upgrade(_alembic_config(conn), "head")
+                    return store
                 if "meta" not in tables:
-                    if tables - {"sqlite_sequence"}:
-                        raise StateError(f"{str(p)!r} is not a feesync state store (unknown tables)")
-                    metadata.create_all(conn)
-                    conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-                    conn.execute(meta.insert().values(key="created_at", value=_now()))
-                else:
-                    version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
-                    if version != str(SCHEMA_VERSION):
-                        raise StateError(
-                            f"state store {str(p)!r} has schema version {version}; this feesync needs "
-                            f"version {SCHEMA_VERSION}. Use the matching feesync release, or migrate the store "
-                            f"(feesync state upgrade) after a backup.")
+                    raise StateError(f"{store.path!r} is not a feesync state store (unknown tables)")
+                store._check_version(conn)
         except OperationalError as exc:
             engine.dispose()
-            raise StateError(f"cannot open state store {str(p)!r}: {exc.orig}") from None
+            raise StateError(f"cannot open state store {store.path!r}: {exc.orig}") from None
         except StateError:
             engine.dispose()
             raise
         return store
+
+    def _check_version(self, conn: Connection) -> None:
+        version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+        revision = _revision(conn)
+        if revision == HEAD_REVISION and version == str(SCHEMA_VERSION):
+            return
+        if version is not None and version.isdigit() and int(version) > SCHEMA_VERSION:
+            raise StateError(f"state store {self.path!r} has schema version {version}, newer than this feesync "
+                             f"(version {SCHEMA_VERSION}); upgrade feesync")
+        raise StateError(f"state store {self.path!r} has schema version {version}; this feesync needs version "
+                         f"{SCHEMA_VERSION}. Back it up (feesync state backup FILE), then run: feesync state upgrade")
+
+    @classmethod
+    def upgrade(cls, target: str | Path) -> tuple[str | None, str]:
+        """Apply the migrations; a version-1 store from before Alembic is stamped first. Returns (from, to)."""
+        from alembic import command
+        url = state_url(target)
+        engine = _engine(url)
+        try:
+            with engine.begin() as conn:
+                tables = set(inspect(conn).get_table_names())
+                cfg = _alembic_config(conn)
+                before = _revision(conn)
+                if before is None and "meta" in tables:
+                    version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+                    if version != "1":
+                        raise StateError(f"cannot upgrade {_describe(url)!r}: unknown schema version {version}")
+                    command.stamp(cfg, "0001")
+                    before = "0001"
+                command.upgrade(cfg, "head")
+        finally:
+            engine.dispose()
+        return before, HEAD_REVISION
+
+    def backup(self, dest: str | Path) -> Path:
+        """An online, consistent copy of a SQLite store (SQLite's backup API; writers may go on)."""
+        if not self.is_sqlite:
+            raise StateError("state backup copies SQLite stores; back PostgreSQL up with pg_dump")
+        dest = Path(dest)
+        if dest.exists():
+            raise StateError(f"{str(dest)!r} exists; choose a new file")
+        src = sqlite3.connect(self.path)
+        out = sqlite3.connect(dest)
+        try:
+            src.backup(out)
+        finally:
+            out.close()
+            src.close()
+        return dest
 
     def close(self) -> None:
         self.engine.dispose()
@@ -255,9 +365,10 @@ class Store:
         with self.engine.connect() as c:
             return q(c)
 
-    def set_cursor(self, conn: Connection, source: str, pos: Position, run_id: str | None) -> None:
+    def set_cursor(self, conn: Connection, source: str, pos: Position, run_id: str | None,
+                   institute: str = "default") -> None:
         values = {"changed_at": pos.changed_at.isoformat(), "doc_id": pos.doc_id,
-                  "updated_at": _now(), "run_id": run_id}
+                  "updated_at": _now(), "run_id": run_id, "institute": institute}
         updated = conn.execute(cursors.update().where(cursors.c.source == source).values(**values)).rowcount
         if not updated:
             conn.execute(cursors.insert().values(source=source, **values))
@@ -303,6 +414,7 @@ class Store:
 
     # --- conflicts -----------------------------------------------------------------------
     def open_conflict(self, conn: Connection, *, source: str, doc_id: str, kind: str, detail: str,
+                      institute: str = "default",
                       write_id: int | None = None, amount: str | None = None, currency: str | None = None,
                       customer: str | None = None, lms_receipt: str | None = None,
                       request: Any = None, response: Any = None, actor: str = "feesync") -> int:
@@ -324,7 +436,7 @@ class Store:
             self._history(conn, existing.id, "seen_again", actor, detail)
             return int(existing.id)
         cid = int(conn.execute(conflicts.insert().values(
-            source=source, doc_id=doc_id, kind=kind, status="open", attempts=1, created_at=now,
+            source=source, institute=institute, doc_id=doc_id, kind=kind, status="open", attempts=1, created_at=now,
             **payload)).inserted_primary_key[0])
         self._history(conn, cid, "opened", actor, detail)
         return cid
@@ -384,12 +496,47 @@ class Store:
                 c.execute(memo.insert().values(source=source, key=key, value=value))
 
     # --- runs ----------------------------------------------------------------------------
-    def start_run(self, run_id: str, source: str, mode: str) -> int:
+    def start_run(self, run_id: str, source: str, mode: str, institute: str = "default") -> int:
         with self.engine.begin() as c:
-            return int(c.execute(runs.insert().values(run_id=run_id, source=source, mode=mode,
+            return int(c.execute(runs.insert().values(run_id=run_id, source=source, institute=institute, mode=mode,
                                                       started_at=_now(), status="running")).inserted_primary_key[0])
 
     def finish_run(self, rid: int, status: str, counts: dict[str, Any], error: str | None = None) -> None:
         with self.engine.begin() as c:
             c.execute(runs.update().where(runs.c.id == rid).values(
                 finished_at=_now(), status=status, counts=json.dumps(counts, default=str), error=error))
+
+    # --- leases (replicas sharing sources) ----------------------------------------------------
+    def db_now(self, conn: Connection) -> float:
+        """The database's clock on PostgreSQL (one clock for every replica); the local clock on SQLite."""
+        if self.is_sqlite:
+            return time.time()
+        return float(conn.execute(text("SELECT extract(epoch from clock_timestamp())")).scalar())
+
+    def acquire_lease(self, source: str, owner: str, ttl: float) -> bool:
+        """Take or renew `source`'s lease for `ttl` seconds; False when another live owner holds it."""
+        from sqlalchemy.exc import IntegrityError
+        try:
+            with self.engine.begin() as conn:
+                now = self.db_now(conn)
+                got = conn.execute(leases.update().where(
+                    leases.c.source == source,
+                    (leases.c.owner == owner) | (leases.c.expires_at < now)).values(
+                    owner=owner, expires_at=now + ttl)).rowcount
+                if got:
+                    return True
+                if conn.execute(select(leases.c.source).where(leases.c.source == source)).first():
+                    return False
+                conn.execute(leases.insert().values(source=source, owner=owner, acquired_at=now, expires_at=now + ttl))
+                return True
+        except IntegrityError:
+            return False
+
+    def release_lease(self, source: str, owner: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(leases.update().where(leases.c.source == source, leases.c.owner == owner)
+                         .values(expires_at=0.0))
+
+    def lease_owners(self) -> dict[str, tuple[str, float]]:
+        with self.engine.connect() as conn:
+            return {r.source: (r.owner, r.expires_at) for r in conn.execute(select(leases))}

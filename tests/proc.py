@@ -16,9 +16,10 @@ def write_config(tmp: Path, lms, erp, **kw) -> Path:
     return cfg
 
 
-def env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def env(extra: dict[str, str] | None = None, secrets: bool = True) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("FEESYNC_")}
-    e.update(scenario.secret_env())
+    if secrets:
+        e.update(scenario.secret_env())
     e["PYTHONUNBUFFERED"] = "1"
     if extra:
         e.update(extra)
@@ -30,6 +31,7 @@ def feesync(*args: str, extra_env: dict[str, str] | None = None, **popen) -> sub
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
-def run(*args: str, extra_env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sync.cli", *args], env=env(extra_env), capture_output=True,
+def run(*args: str, extra_env: dict[str, str] | None = None, timeout: float = 120,
+        secrets: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sync.cli", *args], env=env(extra_env, secrets), capture_output=True,
                           timeout=timeout, text=True)
