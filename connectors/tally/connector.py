@@ -21,7 +21,8 @@
   `server_now()` is the company's last voucher AlterID (`$AltVchId`) in
   the same unit, so the signpost caps the cursor at what existed when the run began.
 * Paging: AlterID windows of `page_size` up to the company's `$AltVchId`, read at the start
-  of each fetch (alterations made during the run land above it and are read next time).
+  of each fetch (alterations made during the run land above it and are read next time). A
+  cursor above `$AltVchId` means the books went back (a restored backup): everything is re-read.
 * Content: the amount is the party ledger line (`PARTYLEDGERNAME`) credited in the receipt,
   with Tally's sign rules (object XML: credit positive, debit negative with
   `ISDEEMEDPOSITIVE=Yes`; report formats `(1,234.50)`, `1,234.50 Dr`/`Cr` also parsed: a
@@ -195,8 +196,8 @@ class TallyConnector:
         exclusive = since is not None and not is_calendar(since.changed_at)
         for voucher, alterid, guid in self._walk(since.changed_at if since else None, until, pairs_only=False):
             pos = alter_position(alterid, guid)
-            if exclusive and since is not None and pos <= since:
-                continue
+            if exclusive and since is not None and pos <= since and pos.changed_at >= since.changed_at:
+                continue   # the cursor's own voucher (below it only after the books went back: keep those)
             event = self._event_for(voucher, alterid, guid, pos, ctx)
             if event is not None:
                 yield event
@@ -255,6 +256,12 @@ class TallyConnector:
             else:
                 after = max(0, first_alterid_from(since) - 1)
         limit = self.company().last_alter_id
+        if limit is not None and after > limit:
+            # The cursor is ahead of the company's last AlterID: the books went back (restored from
+            # a backup, rewritten). New vouchers may take AlterIDs below the cursor: read them all.
+            log.warning("tally.alterids_went_back", cursor_alter_id=after, company_alter_id=limit,
+                        hint="restored company? re-reading every receipt; the ledger drops what it decided")
+            after = 0
         if until is not None:
             if is_calendar(until):
                 day_to = (until + timedelta(days=1)).date()
