@@ -4,6 +4,10 @@
 * SIGTERM/SIGINT: stop starting work, let the document in flight finish and commit, exit 0 within the
   grace period (10 s). A write still unanswered at the deadline stays an intent in the ledger and is
   re-sent with the same key and body at the next start, so cutting it short loses nothing.
+* ops jobs: the report (`report_schedule`, default daily, into `report_dir`), the self-healing
+  retries (`heal_interval`, at most `heal_max_attempts` per conflict) and, when `status_listen` is
+  set, the status page (sync/web.py). A retry never runs beside its source's sync pass (one lock
+  per source).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from sync import ops
 from sync.app import App, build_app
 from sync.config import Settings
 from sync.logs import get_logger
-from sync.times import parse_duration
+from sync.times import parse_duration, zone
 
 GRACE_SECONDS = 9.0
 log = get_logger(component="daemon")
@@ -31,7 +36,7 @@ class Daemon:
     def __init__(self, app: App) -> None:
         self.app = app
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max(1, len(app.connectors)))},
+            executors={"default": ThreadPoolExecutor(max(1, len(app.connectors)) + 2)},   # + report, heal
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 3600},
             timezone=UTC)
         self.stopping = threading.Event()
@@ -39,14 +44,22 @@ class Daemon:
         self.last_ok: dict[str, datetime] = {}
         self.summary: dict[str, int] = {"runs": 0, "pushed": 0, "conflicts": 0, "failed": 0}
         self._lock = threading.Lock()
+        self.started_at: datetime | None = None
+        self.status_server: Any = None
+        from sync.leases import LeaseKeeper
+        self.leases = LeaseKeeper(app.store, parse_duration(app.settings.lease_ttl).total_seconds())
+        app.engine.heartbeat = self.leases.heartbeat
 
     def job(self, source: str) -> None:
         if self.stopping.is_set():
             return
+        if not self.leases.acquire(source):
+            return   # another replica holds this source
         with self._lock:
             self.busy[source] = True
         try:
-            result = self.app.engine.run_once(source, datetime.now(UTC))
+            with ops.source_lock(source):
+                result = self.app.engine.run_once(source, datetime.now(UTC))
             with self._lock:
                 self.summary["runs"] += 1
                 self.summary["pushed"] += result.counts.get("pushed", 0)
@@ -72,8 +85,67 @@ class Daemon:
                 trigger = IntervalTrigger(seconds=parse_duration(src.interval or "5m").total_seconds())
             self.scheduler.add_job(self.job, trigger, args=[name], id=f"sync:{name}", name=f"sync {name}",
                                    next_run_time=datetime.now(UTC))
+        self._schedule_ops()
+        self.started_at = datetime.now(UTC)
+        self.leases.start()
         self.scheduler.start()
+        self._start_status_page()
         log.info("daemon.started", sources=sorted(self.app.connectors))
+
+    # --- ops jobs: report, self-healing retries, status page ---------------------------------------------
+    def _schedule_ops(self) -> None:
+        from sync.report import parse_schedule
+        settings = self.app.settings
+        trigger = parse_schedule(settings.report_schedule, zone(settings.lms.time_zone))
+        if trigger is not None:
+            self.scheduler.add_job(self.report_job, trigger, id="ops:report", name="report")
+        if settings.heal_max_attempts > 0 and self.app.connectors:
+            every = parse_duration(settings.heal_interval).total_seconds()
+            self.scheduler.add_job(self.heal_job, IntervalTrigger(seconds=every), id="ops:heal", name="self-healing retries")
+
+    def report_job(self) -> dict[str, Any] | None:
+        if self.stopping.is_set():
+            return None
+        from sync.report import write_report
+        try:
+            out = write_report(self.app.store, self.app.settings, self.app.settings.report_dir)
+            log.info("report.written", path=out["html"], open_conflicts=out["totals"]["total"])
+            return out
+        except Exception as exc:  # noqa: BLE001 - a report failure must not stop syncing
+            log.error("report.failed", error=f"{type(exc).__name__}: {exc}")
+            return None
+
+    def heal_job(self) -> list[dict[str, Any]]:
+        if self.stopping.is_set():
+            return []
+        with self._lock:
+            self.busy["_heal"] = True
+        try:
+            results = ops.heal(self.app)
+            if results:
+                log.info("heal.finished", retried=len(results),
+                         resolved=sum(1 for r in results if r["status"] == "resolved"))
+            return results
+        except Exception as exc:  # noqa: BLE001 - one failed pass waits for the next
+            log.error("heal.failed", error=f"{type(exc).__name__}: {exc}")
+            return []
+        finally:
+            with self._lock:
+                self.busy["_heal"] = False
+
+    def _start_status_page(self) -> None:
+        settings = self.app.settings
+        if not settings.status_listen:
+            return
+        from sync.web import StatusServer
+        token = settings.status_admin_token.get_secret_value() if settings.status_admin_token else None
+        try:
+            self.status_server = StatusServer(
+                self.app, listen=settings.status_listen, admin_token=token,
+                scheduler=lambda: (bool(self.scheduler.running) and not self.stopping.is_set(),
+                                   self.started_at)).start()
+        except OSError as exc:   # e.g. the port is taken: syncing matters more than the page
+            log.error("status.failed", listen=settings.status_listen, error=str(exc))
 
     def stop(self) -> None:
         """Stop starting work; wait for in-flight runs up to the grace period."""
@@ -89,6 +161,9 @@ class Daemon:
             self.scheduler.shutdown(wait=False)
         except Exception:  # noqa: BLE001,S110 - already stopped
             pass
+        if self.status_server is not None:
+            self.status_server.stop()
+        self.leases.stop(release=not any(self.busy.values()))
         log.info("daemon.stopped", in_flight_cut=any(self.busy.values()), **self.summary)
 
 

@@ -33,7 +33,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from connectors.odoo._rpc import OdooRPC
 from sync.connector import SourceContext
 from sync.errors import ConflictError, SourceError
-from sync.events import FeeEvent, Malformed, PaymentCancelled, PaymentReceived, Position, Reference, Unchanged
+from sync.events import (
+    FeeEvent,
+    Malformed,
+    PaymentCancelled,
+    PaymentReceived,
+    Position,
+    Reference,
+    Unchanged,
+)
 from sync.logs import get_logger
 from sync.money import to_decimal
 from sync.times import parse_duration, parse_naive_local, zone

@@ -79,7 +79,7 @@ class ZohoHTTP:
         self.http.close()
 
     # --- budget and pacing -------------------------------------------------------------------
-    def _today(self) -> Any:
+    def today(self) -> Any:
         today = self._clock().astimezone(UTC).date()
         if today != self.day:
             self.day, self.used_today = today, 0
@@ -87,11 +87,11 @@ class ZohoHTTP:
 
     def preload_usage(self, day: str, used: int) -> None:
         """Carry the day's spent calls over from the state store (another process or an earlier run)."""
-        if day == self._today().isoformat():
+        if day == self.today().isoformat():
             self.used_today = max(self.used_today, used)
 
     def _pace(self) -> None:
-        self._today()
+        self.today()
         if self.used_today >= self.daily_budget:
             raise DeferredError(f"Zoho daily budget of {self.daily_budget} API calls is spent for {self.day} (UTC); "
                                 "the next run after midnight UTC resumes")
@@ -130,8 +130,7 @@ class ZohoHTTP:
         if resp.status_code >= 500:
             raise TransientError(f"Zoho token refresh: server error {resp.status_code}", status=resp.status_code)
         if isinstance(body, dict) and isinstance(body.get("access_token"), str) and body["access_token"]:
-            token = body["access_token"]
-            register_secret(token)
+            token = body["access_token"]   # never logged or put in a message; not registered (it rotates hourly)
             try:
                 ttl = float(body.get("expires_in") or body.get("expires_in_sec") or 3600)
             except (TypeError, ValueError):

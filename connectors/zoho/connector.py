@@ -31,7 +31,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from connectors.zoho._http import ZohoHTTP
 from sync.connector import SourceContext
 from sync.errors import ConflictError, SourceError
-from sync.events import FeeEvent, Malformed, PaymentCancelled, PaymentReceived, Position, Reference, Unchanged
+from sync.events import (
+    FeeEvent,
+    Malformed,
+    PaymentCancelled,
+    PaymentReceived,
+    Position,
+    Reference,
+    Unchanged,
+)
 from sync.logs import get_logger
 from sync.money import to_decimal
 from sync.times import parse_duration
@@ -178,7 +186,7 @@ class ZohoConnector:
 
     def fetch(self, since: Position | None, ctx: SourceContext, until: datetime | None = None) -> Iterator[FeeEvent]:
         self._details.clear()
-        budget_key = f"zoho:{self.settings.organization_id}:calls:{self.http._today().isoformat()}"
+        budget_key = f"zoho:{self.settings.organization_id}:calls:{self.http.today().isoformat()}"
         try:
             self.http.preload_usage(budget_key.rsplit(":", 1)[1], int(ctx.recall(budget_key) or 0))
         except ValueError:
@@ -308,6 +316,8 @@ class ZohoConnector:
                     continue
             gone[pid] = {**entry, "d": True}
             last = parse_zoho_time(entry.get("m")) or key or datetime.min.replace(tzinfo=UTC)
+            if until is not None and last >= until:
+                continue      # a backfill window ending earlier: the live run reports it
             items.append((Position(last, _pos_id(pid)), "deleted", {"payment_id": pid, "m": entry.get("m")}))
         items.sort(key=lambda item: item[0])
         for pos, kind, row in items:
@@ -361,8 +371,8 @@ class ZohoConnector:
                                 definitive=False) from None
         origin = None
         for cf in doc.get("custom_fields") or []:
-            if isinstance(cf, dict) and cf.get("value") not in (None, "") and (
-                    cf.get("api_name") in self.settings.origin_fields or cf.get("label") in self.settings.origin_fields):
+            names = (cf.get("api_name"), cf.get("label")) if isinstance(cf, dict) else ()
+            if names and cf.get("value") not in (None, "") and any(n in self.settings.origin_fields for n in names):
                 origin = str(cf["value"])
                 break
         refs: list[Reference] = []
