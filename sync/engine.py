@@ -454,16 +454,19 @@ class Engine:
                 revision = 1 if latest is None else latest["revision"] + 1
                 key = pw.base_key if revision == 1 else f"{pw.base_key}~{revision}"
                 body_json = pw.body_json()
-                with self.store.tx() as conn:
-                    if latest is not None:
-                        self.store.update_write(conn, latest["id"], status="superseded")
-                    doc = self.store.document(conn, run.source, event.doc_id)
-                    if doc is None or doc["status"] not in ("pushed",):
-                        self._save_doc(conn, run.source, event, "pending", None)
-                    wid = self.store.insert_write(
-                        conn, source=run.source, institute=self.institute(run.source), doc_id=event.doc_id, op=pw.op, base_key=pw.base_key,
-                        revision=revision, idem_key=key, method=pw.method, path=pw.path, body=body_json,
-                        body_fingerprint=_fp(body_json), status="intent")
+                try:
+                    with self.store.tx() as conn:
+                        if latest is not None:
+                            self.store.update_write(conn, latest["id"], status="superseded")
+                        doc = self.store.document(conn, run.source, event.doc_id)
+                        if doc is None or doc["status"] not in ("pushed",):
+                            self._save_doc(conn, run.source, event, "pending", None)
+                        wid = self.store.insert_write(
+                            conn, source=run.source, institute=self.institute(run.source), doc_id=event.doc_id,
+                            op=pw.op, base_key=pw.base_key, revision=revision, idem_key=key, method=pw.method,
+                            path=pw.path, body=body_json, body_fingerprint=_fp(body_json), status="intent")
+                except ConflictError as exc:   # the key is another source's: nothing was sent
+                    return self._conflict(run, event, exc)
             uncertain = latest is not None and latest["status"] == "intent"
             try:
                 payload, replayed = self._send(run, event, pw, wid, key, body_json, uncertain=uncertain)

@@ -100,7 +100,7 @@ writes = Table(
     Column("sent_at", String),
     Column("decided_at", String),
     Column("institute", String, nullable=False, server_default="default"),
-    UniqueConstraint("idem_key", name="uq_writes_idem_key"),
+    UniqueConstraint("institute", "idem_key", name="uq_writes_institute_key"),
 )
 Index("ix_writes_doc", writes.c.source, writes.c.doc_id)
 Index("ix_writes_status", writes.c.status)
@@ -405,9 +405,23 @@ class Store:
         return dict(row) if row else None
 
     def insert_write(self, conn: Connection, **values: Any) -> int:
+        """Record a write's intent. A key another source already used in this institute is a conflict."""
+        from sqlalchemy.exc import IntegrityError
+
+        from sync.errors import ConflictError
         values.setdefault("created_at", _now())
         values.setdefault("attempts", 0)
-        return int(conn.execute(writes.insert().values(**values)).inserted_primary_key[0])
+        try:
+            with conn.begin_nested():
+                return int(conn.execute(writes.insert().values(**values)).inserted_primary_key[0])
+        except IntegrityError:
+            other = conn.execute(select(writes.c.source, writes.c.doc_id).where(
+                writes.c.institute == values.get("institute", "default"),
+                writes.c.idem_key == values["idem_key"])).first()
+            raise ConflictError(
+                "key_collision", f"Idempotency-Key {values['idem_key']!r} was already used in this institute by "
+                f"{other.source if other else '?'}/{other.doc_id if other else '?'}; give the sources distinct "
+                "key_prefix settings", definitive=False) from None
 
     def update_write(self, conn: Connection, write_id: int, **values: Any) -> None:
         conn.execute(writes.update().where(writes.c.id == write_id).values(**values))

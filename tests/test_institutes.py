@@ -1,0 +1,110 @@
+"""Several institutes in one daemon: one key each, own rate budget, failures stay inside their institute."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+
+from sqlalchemy import select
+
+from sync import logs
+from sync.app import build_app
+from sync.config import Settings
+from sync.sandbox.erpnext import ERPNextFake
+from sync.sandbox.lms import LmsSandbox
+from sync.state import documents, runs
+from tests import scenario
+
+KEY_B = "zl_test_key_institute_b_77"
+
+
+def _two_institutes():
+    a = scenario.build(n_students=2, receipts_per_student=3)
+    b_erp = copy.deepcopy(a["erp_data"])
+    for inv in b_erp["documents"]["Sales Invoice"]:
+        inv["custom_zensbot_fee_plan_id"] = str(int(inv["custom_zensbot_fee_plan_id"]) + 1000)
+    inst_b = copy.deepcopy(a["lms_seed"]["institutes"][0])
+    inst_b.update(id="inst-b", name="Institute B", api_keys=[{"key": KEY_B, "name": "feesync-b",
+                                                              "scopes": ["fees:read", "fees:write", "students:read"]}])
+    inst_b["batches"] = [{"id": 1001, "name": "Python Bootcamp (B)"}]
+    for st in inst_b["students"]:
+        st["id"] += 1000
+    for plan in inst_b["fee_plans"]:
+        plan["id"] += 1000
+        plan["student_id"] += 1000
+        plan["batch_id"] = 1001
+        for inst in plan["installments"]:
+            inst["id"] += 1000
+    seed = {"rate_limit_per_minute": 100000, "institutes": [a["lms_seed"]["institutes"][0], inst_b]}
+    return seed, a["erp_data"], b_erp
+
+
+def test_revoking_one_institutes_key_stops_only_its_sources(tmp_path):
+    """Institute A's key is revoked: its source stops with a clear error; institute B keeps syncing."""
+    seed, erp_a_data, erp_b_data = _two_institutes()
+    stream = io.StringIO()
+    logs.configure("json", "info", stream=stream)
+    with LmsSandbox(seed) as lms, ERPNextFake(erp_a_data) as erp_a, ERPNextFake(erp_b_data) as erp_b:
+        def src(url):
+            return {"connector": "erpnext", "lag": "0s",
+                    "settings": {"url": url, "api_key": scenario.ERP_KEY, "api_secret": scenario.ERP_SECRET}}
+        settings = Settings(
+            state_path=str(tmp_path / "state.db"),
+            institutes={
+                "a": {"lms": {"base_url": lms.base_url, "api_key": scenario.LMS_KEY,
+                              "limiter_path": str(tmp_path / "pace-a.db")}, "sources": {"erp-a": src(erp_a.url)}},
+                "b": {"lms": {"base_url": lms.base_url, "api_key": KEY_B,
+                              "limiter_path": str(tmp_path / "pace-b.db")}, "sources": {"erp-b": src(erp_b.url)}}})
+        app = build_app(settings, sleep=lambda s: None)
+        try:
+            assert app.engine.run_once("erp-a").counts["pushed"] == 6
+            assert app.engine.run_once("erp-b").counts["pushed"] == 6
+            lms.revoke_key(scenario.LMS_KEY)
+            moment = scenario.datetime(2026, 11, 5, tzinfo=scenario.KHI)
+            erp_a.insert("Payment Entry", scenario.new_receipt(50, "Student 0", 1000, "ACC-SINV-2026-00001", moment))
+            erp_b.insert("Payment Entry", scenario.new_receipt(50, "Student 0", 1000, "ACC-SINV-2026-00001", moment))
+            stopped = app.engine.run_once("erp-a")
+            going = app.engine.run_once("erp-b")
+            with app.store.engine.connect() as c:
+                insts = dict(c.execute(select(documents.c.source, documents.c.institute).distinct()).all())
+                run_insts = set(c.execute(select(runs.c.institute)).scalars())
+        finally:
+            app.close()
+            logs.configure("json", "warning")
+        by_inst = {}
+        for p in lms.payments():
+            by_inst.setdefault(p["fee_plan_id"] >= 6000, []).append(p)
+    assert stopped.status == "stopped" and "LMS refused the API key (401)" in stopped.error
+    assert going.status == "ok" and going.counts["pushed"] == 1
+    assert len(by_inst[True]) == 7 and len(by_inst[False]) == 6      # B got its new receipt, A did not
+    assert insts == {"erp-a": "a", "erp-b": "b"} and run_insts == {"a", "b"}
+    events = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+    stop_events = [e for e in events if e.get("event") == "source.stopped"]
+    assert stop_events and stop_events[0]["institute"] == "a" and stop_events[0]["source"] == "erp-a"
+    for secret in (scenario.LMS_KEY, KEY_B, scenario.ERP_SECRET):
+        assert secret not in stream.getvalue()
+
+
+def test_each_institute_paces_under_its_own_key(tmp_path):
+    """Every institute gets its own LMS client and its own pacing bucket (keyed by its API key)."""
+    seed, erp_a_data, erp_b_data = _two_institutes()
+    with LmsSandbox(seed) as lms, ERPNextFake(erp_a_data) as erp_a, ERPNextFake(erp_b_data) as erp_b:
+        settings = Settings(
+            state_path=str(tmp_path / "state.db"),
+            institutes={
+                "a": {"lms": {"base_url": lms.base_url, "api_key": scenario.LMS_KEY, "rate_limit_per_minute": 600},
+                      "sources": {"erp-a": {"connector": "erpnext", "settings": {
+                          "url": erp_a.url, "api_key": scenario.ERP_KEY, "api_secret": scenario.ERP_SECRET}}}},
+                "b": {"lms": {"base_url": lms.base_url, "api_key": KEY_B, "rate_limit_per_minute": 1200},
+                      "sources": {"erp-b": {"connector": "erpnext", "settings": {
+                          "url": erp_b.url, "api_key": scenario.ERP_KEY, "api_secret": scenario.ERP_SECRET}}}}})
+        app = build_app(settings)
+        try:
+            a, b = app.lms_clients["a"], app.lms_clients["b"]
+            assert a is not b and a.limiter is not b.limiter
+            assert a._bucket_name != b._bucket_name
+            assert app.engine.lms_for("erp-a") is a and app.engine.lms_for("erp-b") is b
+            assert a.settings.rate_limit_per_minute == 600 and b.settings.rate_limit_per_minute == 1200
+        finally:
+            app.close()
