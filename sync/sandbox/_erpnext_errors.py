@@ -3,7 +3,8 @@
 Shapes copied from the real captures (`err_*`, `notb_*`, `v2_err_*`):
 
 * v1, tracebacks on: ``exception``, ``exc_type``, [``_exc_source``], ``exc`` (a JSON string of a
-  one-item list), ``_server_messages`` (a JSON string of a list of JSON strings), [``_error_message``].
+  one-item list), ``_server_messages`` (a JSON string of a list of JSON strings),
+  [``_error_message``].
 * v1, tracebacks off: ``exc_type``, ``_server_messages``, [``_error_message``].
 * 404 DoesNotExistError never carries a traceback; 401 never carries ``_server_messages``.
 * v2: ``{"errors": [{"type", ["exception"], "message", "title", "indicator"}]}``.
@@ -27,22 +28,44 @@ _THROW = (
 )
 _PYMYSQL = (
     ("apps/frappe/frappe/database/database.py", 230, "sql", "self._cursor.execute(query, values)"),
-    ("env/lib/python3.11/site-packages/pymysql/cursors.py", 153, "execute", "result = self._query(query)"),
-    ("env/lib/python3.11/site-packages/pymysql/err.py", 150, "raise_mysql_exception",
-     "raise errorclass(errno, errval)"),
+    (
+        "env/lib/python3.11/site-packages/pymysql/cursors.py",
+        153,
+        "execute",
+        "result = self._query(query)",
+    ),
+    (
+        "env/lib/python3.11/site-packages/pymysql/err.py",
+        150,
+        "raise_mysql_exception",
+        "raise errorclass(errno, errval)",
+    ),
 )
 # where the real server raised, per request kind (the first frames after the WSGI entry)
 _WHERE = {
     "list": (
-        ("apps/frappe/frappe/api/v1.py", 27, "document_list",
-         "return frappe.call(frappe.client.get_list, doctype, **frappe.form_dict)"),
+        (
+            "apps/frappe/frappe/api/v1.py",
+            27,
+            "document_list",
+            "return frappe.call(frappe.client.get_list, doctype, **frappe.form_dict)",
+        ),
         ("apps/frappe/frappe/client.py", 67, "get_list", "return frappe.get_list(**args)"),
-        ("apps/frappe/frappe/model/db_query.py", 114, "execute",
-         "self.check_read_permission(self.doctype, parent_doctype=parent_doctype)"),
+        (
+            "apps/frappe/frappe/model/db_query.py",
+            114,
+            "execute",
+            "self.check_read_permission(self.doctype, parent_doctype=parent_doctype)",
+        ),
     ),
     "get": (("apps/frappe/frappe/api/v1.py", 78, "read_doc", "raise frappe.PermissionError"),),
     "insert": (
-        ("apps/frappe/frappe/api/v1.py", 44, "create_doc", "return frappe.new_doc(doctype, **data).insert()"),
+        (
+            "apps/frappe/frappe/api/v1.py",
+            44,
+            "create_doc",
+            "return frappe.new_doc(doctype, **data).insert()",
+        ),
         ("apps/frappe/frappe/model/document.py", 309, "insert", "self.run_before_save_methods()"),
     ),
     "update": (
@@ -50,8 +73,18 @@ _WHERE = {
         ("apps/frappe/frappe/model/document.py", 342, "save", "return self._save(*args, **kwargs)"),
     ),
     "delete": (
-        ("apps/frappe/frappe/api/v1.py", 87, "delete_doc", "frappe.delete_doc(doctype, name, ignore_missing=False)"),
-        ("apps/frappe/frappe/model/delete_doc.py", 120, "delete_doc", "check_permission_and_not_submitted(doc)"),
+        (
+            "apps/frappe/frappe/api/v1.py",
+            87,
+            "delete_doc",
+            "frappe.delete_doc(doctype, name, ignore_missing=False)",
+        ),
+        (
+            "apps/frappe/frappe/model/delete_doc.py",
+            120,
+            "delete_doc",
+            "check_permission_and_not_submitted(doc)",
+        ),
     ),
     "method": (
         ("apps/frappe/frappe/api/v1.py", 36, "handle_rpc_call", "return frappe.handler.handle()"),
@@ -61,17 +94,45 @@ _WHERE = {
 _AUTH_FRAMES = {
     "unknown_key": (
         ("apps/frappe/frappe/app.py", 102, "application", "validate_auth()"),
-        ("apps/frappe/frappe/auth.py", 618, "validate_auth", "validate_auth_via_api_keys(authorization_header)"),
-        ("apps/frappe/frappe/auth.py", 684, "validate_auth_via_api_keys",
-         "validate_api_key_secret(api_key, api_secret, authorization_source)"),
-        ("apps/frappe/frappe/auth.py", 701, "validate_api_key_secret", "raise frappe.AuthenticationError"),
+        (
+            "apps/frappe/frappe/auth.py",
+            618,
+            "validate_auth",
+            "validate_auth_via_api_keys(authorization_header)",
+        ),
+        (
+            "apps/frappe/frappe/auth.py",
+            684,
+            "validate_auth_via_api_keys",
+            "validate_api_key_secret(api_key, api_secret, authorization_source)",
+        ),
+        (
+            "apps/frappe/frappe/auth.py",
+            701,
+            "validate_api_key_secret",
+            "raise frappe.AuthenticationError",
+        ),
     ),
     "bad_secret": (
         ("apps/frappe/frappe/app.py", 102, "application", "validate_auth()"),
-        ("apps/frappe/frappe/auth.py", 618, "validate_auth", "validate_auth_via_api_keys(authorization_header)"),
-        ("apps/frappe/frappe/auth.py", 684, "validate_auth_via_api_keys",
-         "validate_api_key_secret(api_key, api_secret, authorization_source)"),
-        ("apps/frappe/frappe/auth.py", 713, "validate_api_key_secret", "raise frappe.AuthenticationError"),
+        (
+            "apps/frappe/frappe/auth.py",
+            618,
+            "validate_auth",
+            "validate_auth_via_api_keys(authorization_header)",
+        ),
+        (
+            "apps/frappe/frappe/auth.py",
+            684,
+            "validate_auth_via_api_keys",
+            "validate_api_key_secret(api_key, api_secret, authorization_source)",
+        ),
+        (
+            "apps/frappe/frappe/auth.py",
+            713,
+            "validate_api_key_secret",
+            "raise frappe.AuthenticationError",
+        ),
     ),
     "malformed": (
         ("apps/frappe/frappe/app.py", 102, "application", "validate_auth()"),
@@ -176,7 +237,9 @@ class FrappeError(Exception):
 
 # --- the errors the fake raises (messages as the real server words them) ---------------------
 def authentication_error(kind: str) -> FrappeError:
-    return FrappeError("AuthenticationError", status=401, bare_exception=True, frames=_AUTH_FRAMES[kind])
+    return FrappeError(
+        "AuthenticationError", status=401, bare_exception=True, frames=_AUTH_FRAMES[kind]
+    )
 
 
 def permission_list(user: str, doctype: str) -> FrappeError:
@@ -184,7 +247,10 @@ def permission_list(user: str, doctype: str) -> FrappeError:
         "PermissionError",
         f"User <strong>{user}</strong> does not have doctype access via role permission "
         f"for document <strong>{doctype}</strong>",
-        status=403, msg_style="plain", bare_exception=True, where="list",
+        status=403,
+        msg_style="plain",
+        bare_exception=True,
+        where="list",
         error_message=f"No permission for {doctype}",
     )
 
@@ -192,9 +258,13 @@ def permission_list(user: str, doctype: str) -> FrappeError:
 def permission_doc(user: str, doctype: str, where: str = "get") -> FrappeError:
     return FrappeError(
         "PermissionError",
-        f"User <strong>{user}</strong> does not have doctype access via role permission for document "
-        f"<strong>{doctype}</strong><br>User <strong>{user}</strong> does not have access to this document",
-        status=403, msg_style="plain", bare_exception=True, where=where,
+        f"User <strong>{user}</strong> does not have doctype access via role permission for "
+        f"document <strong>{doctype}</strong><br>User <strong>{user}</strong> does not have "
+        "access to this document",
+        status=403,
+        msg_style="plain",
+        bare_exception=True,
+        where=where,
     )
 
 
@@ -203,17 +273,22 @@ def not_permitted(message: str = "Not permitted", title: str = "Message") -> Fra
 
 
 def guest_method(cmd: str) -> FrappeError:
-    detail = f"Function {cmd} is not whitelisted."
-    msg = f"<details><summary>You are not permitted to access this resource.</summary>{detail}</details>"
+    detail = f"Function <strong>{cmd}</strong> is not whitelisted."
+    summary = "You are not permitted to access this resource."
+    msg = f"<details><summary>{summary}</summary>{detail}</details>"
     return FrappeError("PermissionError", msg, status=403, title="Method Not Allowed")
 
 
 def doc_not_found(doctype: str, name: str) -> FrappeError:
-    return FrappeError("DoesNotExistError", f"{doctype} {name} not found", status=404, traceback=False)
+    return FrappeError(
+        "DoesNotExistError", f"{doctype} {name} not found", status=404, traceback=False
+    )
 
 
 def doctype_not_found(doctype: str) -> FrappeError:
-    return FrappeError("DoesNotExistError", f"DocType {doctype} not found", status=404, traceback=False)
+    return FrappeError(
+        "DoesNotExistError", f"DocType {doctype} not found", status=404, traceback=False
+    )
 
 
 def field_not_permitted(fieldname: str) -> FrappeError:
@@ -228,19 +303,41 @@ VALID_OPERATORS_TEXT = (
 
 
 def bad_operator() -> FrappeError:
-    return FrappeError("ValidationError", f"Operator must be one of {VALID_OPERATORS_TEXT}", where="list")
+    return FrappeError(
+        "ValidationError", f"Operator must be one of {VALID_OPERATORS_TEXT}", where="list"
+    )
 
 
 def json_decode(exc: json.JSONDecodeError) -> FrappeError:
-    frames = (*_ENTRY, *_WHERE["list"][:1], ("/usr/lib/python3.11/json/decoder.py", 353, "raw_decode",
-                                               "obj, end = self.scan_once(s, idx)"))
-    return FrappeError("JSONDecodeError", str(exc), status=500, module="json.decoder",
-                       frames=frames)
+    frames = (
+        *_ENTRY,
+        *_WHERE["list"][:1],
+        (
+            "/usr/lib/python3.11/json/decoder.py",
+            353,
+            "raw_decode",
+            "obj, end = self.scan_once(s, idx)",
+        ),
+    )
+    return FrappeError(
+        "JSONDecodeError",
+        str(exc),
+        status=500,
+        module="json.decoder",
+        frames=frames,
+        msg_style="none",
+    )
 
 
 def unknown_order_column(column: str) -> FrappeError:
-    return FrappeError("OperationalError", f"(1054, \"Unknown column '{column}' in 'ORDER BY'\")",
-                       status=500, module="pymysql.err", where="list")
+    return FrappeError(
+        "OperationalError",
+        f"(1054, \"Unknown column '{column}' in 'ORDER BY'\")",
+        status=500,
+        module="pymysql.err",
+        where="list",
+        msg_style="none",
+    )
 
 
 def illegal_sql(message: str = "Illegal SQL Query") -> FrappeError:
@@ -251,20 +348,43 @@ def method_not_found(cmd: str, reason: str) -> FrappeError:
     return FrappeError("ValidationError", f"Failed to get method for command {cmd} with {reason}")
 
 
-def validation(message: str, *, where: str = "insert", exc_type: str = "ValidationError",
-               erpnext: bool = False, title: str = "Message") -> FrappeError:
-    return FrappeError(exc_type, message, where=where, title=title,
-                       exc_source="erpnext (app)" if erpnext else None)
+def validation(
+    message: str,
+    *,
+    where: str = "insert",
+    exc_type: str = "ValidationError",
+    erpnext: bool = False,
+    title: str = "Message",
+    msgprint: bool = True,
+) -> FrappeError:
+    """A 417; `msgprint=False` for the errors Frappe raises bare (no `_server_messages`)."""
+    return FrappeError(
+        exc_type,
+        message,
+        where=where,
+        title=title,
+        msg_style="throw" if msgprint else "none",
+        exc_source="erpnext (app)" if erpnext else None,
+    )
 
 
 def duplicate_entry(doctype: str, name: str) -> FrappeError:
     return FrappeError(
-        "DuplicateEntryError", f"{doctype} <strong>{name}</strong> already exists",
-        status=409, title="Duplicate Name", msg_style="duplicate", where="insert",
+        "DuplicateEntryError",
+        f"{doctype} <strong>{name}</strong> already exists",
+        status=409,
+        title="Duplicate Name",
+        msg_style="duplicate",
+        where="insert",
     )
 
 
 def internal(exc: BaseException) -> FrappeError:
     """A bug in the fake itself, answered like an unexpected server exception."""
-    return FrappeError(type(exc).__name__, str(exc) or None, status=500,
-                       module=type(exc).__module__, msg_style="none")
+    return FrappeError(
+        type(exc).__name__,
+        str(exc) or None,
+        status=500,
+        module=type(exc).__module__,
+        msg_style="none",
+    )

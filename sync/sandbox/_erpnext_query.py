@@ -1,4 +1,4 @@
-"""The list query of the ERPNext fake: Frappe's `fields`/`filters`/`or_filters`/`order_by` over dicts.
+"""The ERPNext fake's list query: Frappe's `fields`/`filters`/`or_filters`/`order_by` over dicts.
 
 Semantics follow `frappe.model.db_query` on MariaDB: child columns are a LEFT JOIN (one row per
 child row), a null compares as its `ifnull` fallback ('' / 0 / 0001-01-01), text compares
@@ -32,13 +32,19 @@ _DT_RE = re.compile(
     r"\s*(?:Z|[+-]\d{2}:?\d{2})?$"
 )
 _ORDER_FORBIDDEN_RE = re.compile(r"[^a-z0-9\-_ ,`'\".()]")
-_ORDER_PART_RE = re.compile(r"^(?P<col>.+?)(?:\s+(?P<dir>asc|desc))?$", re.IGNORECASE | re.DOTALL)
 IMPLEMENTED_OPERATORS = frozenset(
     {"=", "!=", "<", ">", "<=", ">=", "like", "not like", "in", "not in", "between", "is"}
 )
 KNOWN_OPERATORS = IMPLEMENTED_OPERATORS | {
-    "timespan", "previous", "next", "fiscal year", "ancestors of", "not ancestors of",
-    "descendants of", "not descendants of", "descendants of (inclusive)",
+    "timespan",
+    "previous",
+    "next",
+    "fiscal year",
+    "ancestors of",
+    "not ancestors of",
+    "descendants of",
+    "not descendants of",
+    "descendants of (inclusive)",
 }
 _MIN_DT = datetime(1, 1, 1)  # noqa: DTZ001 - Frappe's naive fallback '0001-01-01 00:00:00'
 _MIN_DATE = date(1, 1, 1)
@@ -73,8 +79,13 @@ class ListQuery:
 
 
 def not_implemented(what: str) -> FrappeError:
-    return FrappeError("NotImplementedError", f"The ERPNext fake does not implement {what}",
-                       status=500, module="builtins", where="list")
+    return FrappeError(
+        "NotImplementedError",
+        f"The ERPNext fake does not implement {what}",
+        status=500,
+        module="builtins",
+        where="list",
+    )
 
 
 # --- parsing ------------------------------------------------------------------------------
@@ -107,7 +118,7 @@ class Resolver:
         else:
             raise fail(spec)
         meta = self.child_meta(table) if table else self.meta
-        if column not in meta.columns:
+        if not meta.has_column(column):
             raise fail(spec)
         return Col(table, column, column)
 
@@ -187,7 +198,8 @@ def _make_cond(resolver: Resolver, f: Any) -> Cond:
         f = list(f[:4])
     elif len(f) != 4:
         raise errors.validation(
-            f"Filter must have 4 values (doctype, fieldname, operator, value): {f!s}", where="list")
+            f"Filter must have 4 values (doctype, fieldname, operator, value): {f!s}", where="list"
+        )
     doctype, fieldname, op, value = f
     if not isinstance(op, str) or op.strip().lower() not in KNOWN_OPERATORS:
         raise errors.bad_operator()
@@ -226,15 +238,16 @@ def parse_order_by(resolver: Resolver, raw: Any, joined: set[str]) -> list[tuple
             if part.split("(", 1)[0].strip().lower() == "sleep":
                 raise errors.illegal_sql(f"Cannot use {part} in order/group by")
             raise not_implemented(f"SQL functions in order_by ({part})")
-        m = _ORDER_PART_RE.match(part)
-        assert m is not None  # the pattern matches any non-empty text
-        col_text = m.group("col").strip()
-        bare = col_text.replace("`", "")
+        words = part.rsplit(None, 1)
+        descending = len(words) == 2 and words[1].lower() == "desc"
+        if len(words) == 2 and words[1].lower() in ("asc", "desc"):
+            part = words[0]
+        col_text, bare = part.strip(), part.strip().replace("`", "")
         col = resolver.resolve(col_text, error=lambda _s, b=bare: errors.unknown_order_column(b))
         if col.table and col.table not in joined:
             table = resolver.meta.tables[col.table]
             raise errors.illegal_sql(f"Please select atleast 1 column from {table} to sort/group")
-        order.append((col, (m.group("dir") or "asc").lower() == "desc"))
+        order.append((col, descending))
     return order or None
 
 
@@ -250,14 +263,31 @@ def parse_datetime(value: Any) -> datetime | None:
         return None
     y, mo, d, hh, mm, ss, frac = m.groups()
     try:
-        return datetime(int(y), int(mo), int(d), int(hh or 0), int(mm or 0), int(ss or 0),  # noqa: DTZ001
-                        int((frac or "0").ljust(6, "0")))
+        return datetime(  # noqa: DTZ001 - Frappe datetimes are naive site-local values
+            int(y),
+            int(mo),
+            int(d),
+            int(hh or 0),
+            int(mm or 0),
+            int(ss or 0),
+            int((frac or "0").ljust(6, "0")),
+        )
     except ValueError:
         return None
 
 
 def is_date_only(value: Any) -> bool:
-    return isinstance(value, str) and re.fullmatch(r"\s*\d{4}-\d{1,2}-\d{1,2}\s*", value) is not None
+    return (
+        isinstance(value, str) and re.fullmatch(r"\s*\d{4}-\d{1,2}-\d{1,2}\s*", value) is not None
+    )
+
+
+def cint(value: Any, default: int = 0) -> int:
+    """Frappe's `cint`: an int from anything, `default` when it is not a number."""
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return default
 
 
 def flt(value: Any) -> float:
@@ -336,13 +366,23 @@ def matches(cond: Cond, row: dict, kind: str) -> bool:
     left, right = typed_key(kind, value), typed_key(kind, target)
     try:
         return {
-            "=": left == right, "!=": left != right, "<": left < right,
-            ">": left > right, "<=": left <= right, ">=": left >= right,
+            "=": left == right,
+            "!=": left != right,
+            "<": left < right,
+            ">": left > right,
+            "<=": left <= right,
+            ">=": left >= right,
         }[op]
     except TypeError:  # e.g. a datetime against an unparseable string: compare as text
         left, right = _text_key(_as_text(value)), _text_key(_as_text(target))
-        return {"=": left == right, "!=": left != right, "<": left < right,
-                ">": left > right, "<=": left <= right, ">=": left >= right}[op]
+        return {
+            "=": left == right,
+            "!=": left != right,
+            "<": left < right,
+            ">": left > right,
+            "<=": left <= right,
+            ">=": left >= right,
+        }[op]
 
 
 def _between(kind: str, value: Any, target: Any) -> bool:
@@ -393,7 +433,9 @@ def select(resolver: Resolver, docs: Iterable[dict], query: ListQuery) -> list[d
     def keep(row: dict) -> bool:
         if not all(matches(c, row, resolver.type_of(c.col)) for c in query.filters):
             return False
-        return not query.or_filters or any(matches(c, row, resolver.type_of(c.col)) for c in query.or_filters)
+        return not query.or_filters or any(
+            matches(c, row, resolver.type_of(c.col)) for c in query.or_filters
+        )
 
     rows = [r for r in rows if keep(r)]
     if query.order:
@@ -406,8 +448,12 @@ def select(resolver: Resolver, docs: Iterable[dict], query: ListQuery) -> list[d
 
             rows.sort(key=sort_key, reverse=desc)
     else:
-        rows.sort(key=lambda r: (_scramble(r[None].get("name")),
-                                 *((r[t] or {}).get("idx") or 0 for t in tables)))
+        rows.sort(
+            key=lambda r: (
+                _scramble(r[None].get("name")),
+                *((r[t] or {}).get("idx") or 0 for t in tables),
+            )
+        )
     return rows
 
 
@@ -421,8 +467,11 @@ def project(rows: list[dict], query: ListQuery) -> list[Any]:
             if marker in seen:
                 continue
             seen.add(marker)
-        out.append({col.key: v for col, v in zip(query.fields, values, strict=True)}
-                   if query.as_dict else values)
+        out.append(
+            {col.key: v for col, v in zip(query.fields, values, strict=True)}
+            if query.as_dict
+            else values
+        )
     if query.page_length > 0:
-        return out[query.start:query.start + query.page_length]
-    return out[query.start:]
+        return out[query.start : query.start + query.page_length]
+    return out[query.start :]

@@ -21,7 +21,8 @@ def _cols(text: str) -> tuple[str, ...]:
 
 
 # --- field types (by fieldname; the same name means the same type across these doctypes) ------
-FLOAT_FIELDS = frozenset(_cols("""
+FLOAT_FIELDS = frozenset(
+    _cols("""
     actual_batch_qty actual_qty additional_discount_percentage allocated_amount amount
     amount_eligible_for_commission advance_amount allocated_percentage base_amount
     base_change_amount base_discount_amount base_grand_total base_net_amount base_net_rate
@@ -44,8 +45,10 @@ FLOAT_FIELDS = frozenset(_cols("""
     total_billing_amount total_billing_hours total_commission total_monthly_sales total_net_weight
     total_qty total_taxes_and_charges total_weight unallocated_amount weight_per_unit
     write_off_amount
-"""))
-INT_FIELDS = frozenset(_cols("""
+""")
+)
+INT_FIELDS = frozenset(
+    _cols("""
     docstatus idx allocate_advances_automatically allocate_payment_based_on_payment_terms
     allow_account_creation_against_child_company allow_on_submit allow_zero_valuation_rate
     apply_tax_withholding_amount auto_exchange_rate_revaluation
@@ -62,12 +65,15 @@ INT_FIELDS = frozenset(_cols("""
     update_billed_amount_in_delivery_note update_billed_amount_in_sales_order
     update_outstanding_for_self update_stock use_company_roundoff_cost_center
     use_serial_batch_fields write_off_outstanding_amount_automatically allow_error_traceback
-"""))
+""")
+)
 DATETIME_FIELDS = frozenset({"creation", "modified", "from_time", "to_time"})
-DATE_FIELDS = frozenset(_cols("""
+DATE_FIELDS = frozenset(
+    _cols("""
     posting_date due_date reference_date clearance_date discount_date po_date from_date to_date
     difference_posting_date
-"""))
+""")
+)
 TIME_FIELDS = frozenset({"posting_time"})
 
 
@@ -177,7 +183,9 @@ CHILDREN: dict[str, tuple[str, ...]] = {
         allocated_amount exchange_rate exchange_gain_loss account payment_request
         payment_request_outstanding
     """),
-    "Payment Entry Deduction": _cols("account cost_center amount is_exchange_gain_loss description"),
+    "Payment Entry Deduction": _cols(
+        "account cost_center amount is_exchange_gain_loss description"
+    ),
     "Advance Taxes and Charges": _cols("""
         add_deduct_tax charge_type row_id account_head description included_in_paid_amount
         cost_center rate currency tax_amount total allocated_amount base_tax_amount base_total
@@ -204,15 +212,26 @@ CHILDREN: dict[str, tuple[str, ...]] = {
         tax_amount_after_discount_amount base_tax_amount base_total
         base_tax_amount_after_discount_amount item_wise_tax_detail dont_recompute_tax
     """),
-    "Sales Invoice Payment": _cols("default mode_of_payment amount reference_no account type base_amount clearance_date"),
+    "Sales Invoice Payment": _cols(
+        "default mode_of_payment amount reference_no account type base_amount clearance_date"
+    ),
     "Sales Invoice Advance": _cols("""
         reference_type reference_name remarks reference_row advance_amount allocated_amount
         exchange_gain_loss ref_exchange_rate difference_posting_date
     """),
-    "Sales Invoice Timesheet": _cols("activity_type description time_sheet timesheet_detail billing_hours billing_amount from_time to_time project_name"),
-    "Sales Team": _cols("sales_person contact_no allocated_percentage allocated_amount commission_rate incentives"),
-    "Pricing Rule Detail": _cols("pricing_rule item_code margin_type rate_or_discount child_docname rule_applied"),
-    "Packed Item": _cols("parent_item item_code item_name description warehouse qty uom conversion_factor rate"),
+    "Sales Invoice Timesheet": _cols(
+        "activity_type description time_sheet timesheet_detail billing_hours billing_amount "
+        "from_time to_time project_name"
+    ),
+    "Sales Team": _cols(
+        "sales_person contact_no allocated_percentage allocated_amount commission_rate incentives"
+    ),
+    "Pricing Rule Detail": _cols(
+        "pricing_rule item_code margin_type rate_or_discount child_docname rule_applied"
+    ),
+    "Packed Item": _cols(
+        "parent_item item_code item_name description warehouse qty uom conversion_factor rate"
+    ),
     "Party Account": _cols("company account advance_account"),
     "Customer Credit Limit": _cols("company credit_limit bypass_credit_limit_check"),
     "Portal User": _cols("user"),
@@ -233,15 +252,26 @@ class DocTypeMeta:
     tables: dict[str, str] = field(default_factory=dict)  # table fieldname -> child doctype
     istable: bool = False
     submittable: bool = False
-    autoname: str = "hash"  # "series:<naming series>" | "field:<fieldname>" | "hash" | "custom_field" | "single"
+    # "series:<naming series>" | "field:<fieldname>" | "hash" | "custom_field" | "single"
+    autoname: str = "hash"
     read_roles: frozenset[str] = ACCOUNTS
     write_roles: frozenset[str] = ACCOUNTS
     allow_on_submit: frozenset[str] = frozenset()
     custom_anchor: str | None = None  # custom fields go after this column, as on the real site
     extra_types: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._column_set = frozenset(self.columns)
+        self._types: dict[str, str] = {}
+
+    def has_column(self, column: str) -> bool:
+        return column in self._column_set
+
     def type_of(self, column: str) -> str:
-        return self.extra_types.get(column) or field_type(column)
+        kind = self._types.get(column)
+        if kind is None:
+            kind = self._types[column] = self.extra_types.get(column) or field_type(column)
+        return kind
 
     def table_for_child(self, child_doctype: str) -> str | None:
         for fieldname, child in self.tables.items():
@@ -249,8 +279,10 @@ class DocTypeMeta:
                 return fieldname
         return None
 
-    def add_column(self, column: str, *, after: str | None = None, type_hint: str | None = None) -> None:
-        if column in self.columns:
+    def add_column(
+        self, column: str, *, after: str | None = None, type_hint: str | None = None
+    ) -> None:
+        if column in self._column_set:
             return
         tail = [c for c in CHILD_TAIL if self.istable and c in self.columns]
         body = [c for c in self.columns if c not in tail]
@@ -259,8 +291,10 @@ class DocTypeMeta:
         else:
             body.append(column)
         self.columns = body + tail
+        self._column_set = frozenset(self.columns)
         if type_hint and field_type(column) == "text":
             self.extra_types[column] = type_hint
+            self._types.pop(column, None)
 
 
 def build_registry() -> dict[str, DocTypeMeta]:
@@ -290,29 +324,84 @@ def build_registry() -> dict[str, DocTypeMeta]:
     }
     sales = frozenset({"Sales User", "Sales Manager", "Sales Master Manager"})
     metas = [
-        DocTypeMeta("Payment Entry", [*STANDARD, *PAYMENT_ENTRY], pe_tables, submittable=True,
-                    autoname="series:ACC-PAY-.YYYY.-", custom_anchor="reference_date",
-                    allow_on_submit=frozenset({"letter_head", "print_heading"})),
-        DocTypeMeta("Sales Invoice", [*STANDARD, *SALES_INVOICE], si_tables, submittable=True,
-                    autoname="series:ACC-SINV-.YYYY.-", custom_anchor="customer",
-                    read_roles=ACCOUNTS | {"Sales User"},
-                    allow_on_submit=frozenset({"letter_head", "select_print_heading", "po_no",
-                                               "po_date", "remarks", "is_discounted"})),
-        DocTypeMeta("Customer", [*STANDARD, *CUSTOMER], customer_tables, autoname="field:customer_name",
-                    read_roles=ACCOUNTS | sales, write_roles=ACCOUNTS | sales),
-        DocTypeMeta("Company", [*STANDARD, *COMPANY], autoname="field:company_name",
-                    read_roles=EVERYONE, write_roles=frozenset({"System Manager"})),
-        DocTypeMeta("Payment Terms Template", [*STANDARD, *PAYMENT_TERMS_TEMPLATE],
-                    {"terms": "Payment Terms Template Detail"}, autoname="field:template_name",
-                    read_roles=ACCOUNTS | sales),
-        DocTypeMeta("Payment Term", [*STANDARD, *PAYMENT_TERM], autoname="field:payment_term_name",
-                    read_roles=ACCOUNTS | sales),
-        DocTypeMeta("Deleted Document", [*STANDARD, *DELETED_DOCUMENT], autoname="hash",
-                    read_roles=frozenset({"System Manager"}), write_roles=frozenset()),
-        DocTypeMeta("Custom Field", [*STANDARD, *CUSTOM_FIELD], autoname="custom_field",
-                    read_roles=frozenset({"System Manager"}), write_roles=frozenset({"System Manager"})),
-        DocTypeMeta("System Settings", [*STANDARD, *SYSTEM_SETTINGS], autoname="single",
-                    read_roles=frozenset({"System Manager"}), write_roles=frozenset({"System Manager"})),
+        DocTypeMeta(
+            "Payment Entry",
+            [*STANDARD, *PAYMENT_ENTRY],
+            pe_tables,
+            submittable=True,
+            autoname="series:ACC-PAY-.YYYY.-",
+            custom_anchor="reference_date",
+            allow_on_submit=frozenset({"letter_head", "print_heading"}),
+        ),
+        DocTypeMeta(
+            "Sales Invoice",
+            [*STANDARD, *SALES_INVOICE],
+            si_tables,
+            submittable=True,
+            autoname="series:ACC-SINV-.YYYY.-",
+            custom_anchor="customer",
+            read_roles=ACCOUNTS | {"Sales User"},
+            allow_on_submit=frozenset(
+                {
+                    "letter_head",
+                    "select_print_heading",
+                    "po_no",
+                    "po_date",
+                    "remarks",
+                    "is_discounted",
+                }
+            ),
+        ),
+        DocTypeMeta(
+            "Customer",
+            [*STANDARD, *CUSTOMER],
+            customer_tables,
+            autoname="field:customer_name",
+            read_roles=ACCOUNTS | sales,
+            write_roles=ACCOUNTS | sales,
+        ),
+        DocTypeMeta(
+            "Company",
+            [*STANDARD, *COMPANY],
+            autoname="field:company_name",
+            read_roles=EVERYONE,
+            write_roles=frozenset({"System Manager"}),
+        ),
+        DocTypeMeta(
+            "Payment Terms Template",
+            [*STANDARD, *PAYMENT_TERMS_TEMPLATE],
+            {"terms": "Payment Terms Template Detail"},
+            autoname="field:template_name",
+            read_roles=ACCOUNTS | sales,
+        ),
+        DocTypeMeta(
+            "Payment Term",
+            [*STANDARD, *PAYMENT_TERM],
+            autoname="field:payment_term_name",
+            read_roles=ACCOUNTS | sales,
+        ),
+        DocTypeMeta(
+            "Deleted Document",
+            [*STANDARD, *DELETED_DOCUMENT],
+            autoname="hash",
+            read_roles=frozenset({"System Manager"}),
+            write_roles=frozenset(),
+        ),
+        DocTypeMeta(
+            "Custom Field",
+            [*STANDARD, *CUSTOM_FIELD],
+            autoname="custom_field",
+            read_roles=frozenset({"System Manager"}),
+            write_roles=frozenset({"System Manager"}),
+        ),
+        DocTypeMeta(
+            "System Settings",
+            [c for c in (*STANDARD, *SYSTEM_SETTINGS) if c != "creation"],
+            autoname="single",
+            extra_types={"idx": "text"},  # a Single: no creation, idx "0"
+            read_roles=frozenset({"System Manager"}),
+            write_roles=frozenset({"System Manager"}),
+        ),
     ]
     registry = {m.name: m for m in metas}
     for child, cols in CHILDREN.items():

@@ -21,20 +21,13 @@ from zoneinfo import ZoneInfo
 from . import _erpnext_errors as errors
 from . import _erpnext_rules as rules
 from ._erpnext_errors import FrappeError
-from ._erpnext_query import parse_datetime
+from ._erpnext_query import cint, parse_datetime
 from ._erpnext_schema import CHILD_TAIL, STANDARD, DocTypeMeta, build_registry
 
 _HASH_ALPHABET = string.digits + string.ascii_lowercase
 _NO_COPY = frozenset({*STANDARD, "amended_from", "status", "clearance_date"})
 _IGNORED_ON_COMPARE = frozenset({*STANDARD, *CHILD_TAIL, "status", "doctype"})
 _SERIES_NUMBER_RE = re.compile(r"^(.*?)(\d+)$")
-
-
-def _cint(value: Any) -> int:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return 0
 
 
 def _label(fieldname: str) -> str:
@@ -55,7 +48,11 @@ def _transition_error(current: int, target: int, where: str) -> FrappeError:
     labels = {0: "Draft", 1: "Submitted", 2: "Cancelled"}
     return errors.validation(
         f"Cannot change docstatus from {current} ({labels.get(current, current)}) to {target} "
-        f"({labels.get(target, target)})", where=where, exc_type="DocstatusTransitionError")
+        f"({labels.get(target, target)})",
+        where=where,
+        exc_type="DocstatusTransitionError",
+        msgprint=False,
+    )
 
 
 class Store:
@@ -67,7 +64,8 @@ class Store:
         self.tz = ZoneInfo(data.get("site_time_zone") or "UTC")
         self.registry = build_registry()
         self.docs: dict[str, dict[str, dict]] = {
-            name: {} for name, meta in self.registry.items() if not meta.istable}
+            name: {} for name, meta in self.registry.items() if not meta.istable
+        }
         self.series: dict[str, int] = {}
         self.labels: dict[str, str] = {}
         self.rng = random.Random(data.get("seed", 0))
@@ -178,13 +176,15 @@ class Store:
                 continue
             if key == "doctype" or key.startswith("__"):
                 continue
-            if key not in meta.columns:
+            if not meta.has_column(key):
                 if strict:
                     continue
                 meta.add_column(key, type_hint=_infer_type(value))
             target[key] = self.normalize(meta, key, value)
 
     def _fill_children(self, meta: DocTypeMeta, doc: dict, *, new_names: bool) -> None:
+        """Parent links, names and idx on child rows; the rows of a new document (`new_names`)
+        also take its owner, timestamps and docstatus, as Frappe's insert does."""
         for table in meta.tables:
             rows = doc.setdefault(table, [])
             for idx, row in enumerate(rows, start=1):
@@ -193,7 +193,7 @@ class Store:
                 row.setdefault("idx", idx)
                 row.update(parent=doc["name"], parentfield=table, parenttype=meta.name)
                 for key in ("owner", "creation", "modified", "modified_by", "docstatus"):
-                    if row.get(key) is None:
+                    if new_names or row.get(key) is None:
                         row[key] = doc.get(key)
 
     # --- loading --------------------------------------------------------------------------
@@ -206,10 +206,15 @@ class Store:
             doc["name"], series = self._autoname(meta, doc)
             self._commit_series(series)
         now = self.stamp()
-        for key, value in (("owner", self.admin_user), ("modified_by", self.admin_user),
-                           ("creation", doc.get("modified") or now), ("modified", doc.get("creation") or now),
-                           ("docstatus", 0), ("idx", 0)):
-            if doc.get(key) is None:
+        for key, value in (
+            ("owner", self.admin_user),
+            ("modified_by", self.admin_user),
+            ("creation", doc.get("modified") or now),
+            ("modified", doc.get("creation") or now),
+            ("docstatus", 0),
+            ("idx", 0),
+        ):
+            if doc.get(key) is None and meta.has_column(key):
                 doc[key] = value
         self._fill_children(meta, doc, new_names=False)
         self._note_series(meta, doc)
@@ -222,29 +227,59 @@ class Store:
                 fieldname = item if isinstance(item, str) else item["fieldname"]
                 name = f"{doctype}-{fieldname}"
                 if name not in self.docs["Custom Field"]:
-                    self._load(self.registry["Custom Field"], {
-                        "name": name, "dt": doctype, "label": self.labels[fieldname],
-                        "fieldname": fieldname, "fieldtype": "Data", "insert_after": anchor,
-                        "is_system_generated": 0, "length": 0, "reqd": 0, "unique": 0, "no_copy": 0,
-                        "allow_on_submit": 0, "hidden": 0, "read_only": 0, "in_standard_filter": 0,
-                    })
+                    self._load(
+                        self.registry["Custom Field"],
+                        {
+                            "name": name,
+                            "dt": doctype,
+                            "label": self.labels[fieldname],
+                            "fieldname": fieldname,
+                            "fieldtype": "Data",
+                            "insert_after": anchor,
+                            "is_system_generated": 0,
+                            "length": 0,
+                            "reqd": 0,
+                            "unique": 0,
+                            "no_copy": 0,
+                            "allow_on_submit": 0,
+                            "hidden": 0,
+                            "read_only": 0,
+                            "in_standard_filter": 0,
+                        },
+                    )
                     anchor = fieldname
         if "System Settings" not in self.docs["System Settings"]:
-            self._load(self.registry["System Settings"], {
-                "name": "System Settings", "time_zone": str(self.tz), "language": "en",
-                "date_format": "dd-mm-yyyy", "time_format": "HH:mm:ss", "number_format": "#,###.##",
-                "float_precision": "3", "currency_precision": "", "rounding_method": "Banker's Rounding",
-                "allow_error_traceback": 1 if data.get("allow_error_traceback", True) else 0,
-                "enable_scheduler": 1,
-            })
+            self._load(
+                self.registry["System Settings"],
+                {
+                    "name": "System Settings",
+                    "time_zone": str(self.tz),
+                    "language": "en",
+                    "date_format": "dd-mm-yyyy",
+                    "time_format": "HH:mm:ss",
+                    "number_format": "#,###.##",
+                    "float_precision": "3",
+                    "currency_precision": "",
+                    "rounding_method": "Banker's Rounding",
+                    "allow_error_traceback": 1 if data.get("allow_error_traceback", True) else 0,
+                    "enable_scheduler": 1,
+                    "idx": "0",
+                },
+            )
 
     # --- naming ---------------------------------------------------------------------------
     def _series_prefix(self, series: str) -> str:
         today = self.today()
         parts = []
         for part in series.split("."):
-            parts.append({"YYYY": f"{today:%Y}", "YY": f"{today:%y}", "MM": f"{today:%m}",
-                          "DD": f"{today:%d}"}.get(part, part))
+            parts.append(
+                {
+                    "YYYY": f"{today:%Y}",
+                    "YY": f"{today:%y}",
+                    "MM": f"{today:%m}",
+                    "DD": f"{today:%d}",
+                }.get(part, part)
+            )
         return "".join(p for p in parts if "#" not in p)
 
     def _autoname(self, meta: DocTypeMeta, doc: dict) -> tuple[str, tuple[str, int] | None]:
@@ -255,8 +290,9 @@ class Store:
             return f"{prefix}{number:05d}", (prefix, number)
         if kind == "field":
             if not doc.get(arg):
-                raise errors.validation(f"Value missing for {meta.name}: {self.label(arg)}",
-                                        exc_type="MandatoryError")
+                raise errors.validation(
+                    f"Value missing for {meta.name}: {self.label(arg)}", exc_type="MandatoryError"
+                )
             return str(doc[arg]), None
         if kind == "custom_field":
             return f"{doc.get('dt')}-{doc.get('fieldname')}", None
@@ -274,7 +310,7 @@ class Store:
         previous = self.docs[meta.name].get(source)
         if previous and previous.get("amended_from"):
             prefix, _, number = source.rpartition("-")
-            return f"{prefix}-{_cint(number) + 1}", None
+            return f"{prefix}-{cint(number) + 1}", None
         return f"{source}-1", None
 
     def _commit_series(self, series: tuple[str, int] | None) -> None:
@@ -285,8 +321,14 @@ class Store:
     def _note_series(self, meta: DocTypeMeta, doc: dict) -> None:
         if not meta.autoname.startswith("series:"):
             return
-        m = _SERIES_NUMBER_RE.match(str(doc["name"]))
-        if m and not re.search(r"-\d+-\d+$", str(doc["name"])):
+        series = doc.get("naming_series") or meta.autoname.partition(":")[2]
+        pattern = "".join(
+            {"YYYY": r"\d{4}", "YY": r"\d{2}", "MM": r"\d{2}", "DD": r"\d{2}"}.get(p, re.escape(p))
+            for p in series.split(".")
+            if "#" not in p
+        )
+        m = re.fullmatch(f"({pattern})(\\d+)", str(doc["name"]))
+        if m:
             prefix, number = m.group(1), int(m.group(2))
             self.series[prefix] = max(self.series.get(prefix, 0), number)
 
@@ -305,7 +347,9 @@ class Store:
             raise errors.doc_not_found(doctype, name)
         return doc
 
-    def as_dict(self, doctype: str, doc: dict, *, no_nulls: bool, marker: str | None = None) -> dict:
+    def as_dict(
+        self, doctype: str, doc: dict, *, no_nulls: bool, marker: str | None = None
+    ) -> dict:
         """A document the way Frappe serialises it (`as_dict(no_nulls=...)`)."""
         meta = self.registry[doctype]
         out = self._row_dict(meta, doc, no_nulls)
@@ -333,8 +377,16 @@ class Store:
         return out
 
     # --- writes ---------------------------------------------------------------------------
-    def insert(self, doctype: str, source: dict, *, docstatus: int, user: str, http: bool,
-               modified: Any = None) -> dict:
+    def insert(
+        self,
+        doctype: str,
+        source: dict,
+        *,
+        docstatus: int,
+        user: str,
+        http: bool,
+        modified: Any = None,
+    ) -> dict:
         meta = self.parent_meta(doctype)
         with self.lock:
             doc: dict = {}
@@ -356,9 +408,15 @@ class Store:
             if doc["name"] in self.docs[doctype]:
                 raise errors.duplicate_entry(doctype, doc["name"])
             now = self.stamp(modified)
-            doc.update(owner=user if http else doc.get("owner") or user, creation=now, modified=now,
-                       modified_by=user, docstatus=docstatus, idx=doc.get("idx") or 0)
-            self._fill_children(meta, doc, new_names=http)
+            doc.update(
+                owner=user if http else doc.get("owner") or user,
+                creation=now,
+                modified=now,
+                modified_by=user,
+                docstatus=docstatus,
+                idx=doc.get("idx") or 0,
+            )
+            self._fill_children(meta, doc, new_names=True)
             rules.set_status(self, doctype, doc)
             self._commit_series(series)
             self.docs[doctype][doc["name"]] = doc
@@ -366,8 +424,16 @@ class Store:
                 rules.on_docstatus(self, doctype, doc, sign=1, now=now, user=user)
             return doc
 
-    def update(self, doctype: str, name: str, changes: dict, *, modified: Any = None,
-               bump_modified: bool = True, user: str | None = None) -> dict:
+    def update(
+        self,
+        doctype: str,
+        name: str,
+        changes: dict,
+        *,
+        modified: Any = None,
+        bump_modified: bool = True,
+        user: str | None = None,
+    ) -> dict:
         """A direct write (like `db_set`): no validation, no docstatus rules."""
         meta = self.parent_meta(doctype)
         with self.lock:
@@ -383,8 +449,16 @@ class Store:
             self._fill_children(meta, doc, new_names=False)
             return doc
 
-    def transition(self, doctype: str, name: str, target: int, *, user: str, modified: Any = None,
-                   http: bool = False) -> dict:
+    def transition(
+        self,
+        doctype: str,
+        name: str,
+        target: int,
+        *,
+        user: str,
+        modified: Any = None,
+        http: bool = False,
+    ) -> dict:
         """Submit (0→1) or cancel (1→2), with Frappe's checks and ERPNext's side effects."""
         meta = self.parent_meta(doctype)
         with self.lock:
@@ -394,7 +468,9 @@ class Store:
             if not meta.submittable:
                 raise errors.validation(f"{doctype} is not submittable", where=where)
             if current == 2:
-                raise errors.validation("Cannot edit cancelled document", where=where)
+                raise errors.validation(
+                    "Cannot edit cancelled document", where=where, msgprint=False
+                )
             if (current, target) not in ((0, 1), (1, 2)):
                 raise _transition_error(current, target, where)
             if http and target == 1:
@@ -405,25 +481,44 @@ class Store:
                 for row in doc.get(table) or []:
                     row.update(docstatus=target, modified=now, modified_by=user)
             rules.set_status(self, doctype, doc)
-            rules.on_docstatus(self, doctype, doc, sign=1 if target == 1 else -1, now=now, user=user)
+            rules.on_docstatus(
+                self, doctype, doc, sign=1 if target == 1 else -1, now=now, user=user
+            )
             return doc
 
-    def amend(self, doctype: str, name: str, changes: dict | None, *, submit: bool, user: str,
-              modified: Any = None) -> dict:
+    def amend(
+        self,
+        doctype: str,
+        name: str,
+        changes: dict | None,
+        *,
+        submit: bool,
+        user: str,
+        modified: Any = None,
+    ) -> dict:
         meta = self.parent_meta(doctype)
         with self.lock:
             source = self.find(doctype, name)
             if int(source.get("docstatus") or 0) != 2:
-                raise errors.validation(f"{doctype} {name} must be cancelled before it can be amended")
-            new = {k: copy.deepcopy(v) for k, v in source.items() if k not in _NO_COPY and k not in meta.tables}
+                raise errors.validation(
+                    f"{doctype} {name} must be cancelled before it can be amended"
+                )
+            new = {
+                k: copy.deepcopy(v)
+                for k, v in source.items()
+                if k not in _NO_COPY and k not in meta.tables
+            }
             for table in meta.tables:
-                new[table] = [{k: v for k, v in row.items() if k not in _IGNORED_ON_COMPARE}
-                              for row in source.get(table) or []]
+                new[table] = [
+                    {k: v for k, v in row.items() if k not in _IGNORED_ON_COMPARE}
+                    for row in source.get(table) or []
+                ]
             new.update(changes or {})
             new["amended_from"] = name
             new.pop("name", None)
-            return self.insert(doctype, new, docstatus=1 if submit else 0, user=user, http=False,
-                               modified=modified)
+            return self.insert(
+                doctype, new, docstatus=1 if submit else 0, user=user, http=False, modified=modified
+            )
 
     def delete(self, doctype: str, name: str, *, user: str) -> None:
         meta = self.parent_meta(doctype)
@@ -432,17 +527,34 @@ class Store:
             if meta.submittable and int(doc.get("docstatus") or 0) == 1:
                 raise errors.validation(
                     f"{doctype} {name}: Submitted Record cannot be deleted. You must <a href='https://"
-                    "docs.erpnext.com//docs/user/manual/en/setting-up/articles/delete-submitted-document' "
-                    "target='_blank'> Cancel </a> it first.", where="delete")
+                    "docs.erpnext.com//docs/user/manual/en/setting-up/articles/"
+                    "delete-submitted-document' "
+                    "target='_blank'> Cancel </a> it first.",
+                    where="delete",
+                )
             rules.check_not_linked(self, doctype, name)
             del self.docs[doctype][name]
             if doctype != "Deleted Document":
                 now = self.stamp()
-                data = json.dumps(self.as_dict(doctype, doc, no_nulls=False), indent=1, sort_keys=True,
-                                  default=str)
-                tombstone = {"name": self.new_hash(), "owner": user, "creation": now, "modified": now,
-                             "modified_by": user, "docstatus": 0, "idx": 0, "deleted_name": name,
-                             "deleted_doctype": doctype, "restored": 0, "data": data}
+                data = json.dumps(
+                    self.as_dict(doctype, doc, no_nulls=False),
+                    indent=1,
+                    sort_keys=True,
+                    default=str,
+                )
+                tombstone = {
+                    "name": self.new_hash(),
+                    "owner": user,
+                    "creation": now,
+                    "modified": now,
+                    "modified_by": user,
+                    "docstatus": 0,
+                    "idx": 0,
+                    "deleted_name": name,
+                    "deleted_doctype": doctype,
+                    "restored": 0,
+                    "data": data,
+                }
                 self.docs["Deleted Document"][tombstone["name"]] = tombstone
             self._revert_series_if_last(meta, name)
 
@@ -453,15 +565,21 @@ class Store:
             doc = self.find(doctype, name)
             data = {k: v for k, v in data.items() if k not in ("flags", "name", "doctype")}
             sent_modified = data.pop("modified", None)
-            if sent_modified and self.normalize(meta, "modified", sent_modified) != doc.get("modified"):
+            if sent_modified and self.normalize(meta, "modified", sent_modified) != doc.get(
+                "modified"
+            ):
                 raise errors.validation(
                     f"Error: Document has been modified after you have opened it ({sent_modified}, "
                     f"{doc.get('modified')}). Please refresh to get the latest document.",
-                    where="update", exc_type="TimestampMismatchError")
+                    where="update",
+                    exc_type="TimestampMismatchError",
+                )
             current = int(doc.get("docstatus") or 0)
-            target = _cint(data.pop("docstatus", current))
+            target = cint(data.pop("docstatus", current))
             if current == 2:
-                raise errors.validation("Cannot edit cancelled document", where="update")
+                raise errors.validation(
+                    "Cannot edit cancelled document", where="update", msgprint=False
+                )
             if (current, target) not in ((0, 0), (0, 1), (1, 1), (1, 2)):
                 raise _transition_error(current, target, "update")
             if current == 1 and target == 1:
@@ -484,16 +602,23 @@ class Store:
     def _check_update_after_submit(self, meta: DocTypeMeta, doc: dict, data: dict) -> None:
         def changed(row_meta: DocTypeMeta, old: dict, new: dict, prefix: str) -> None:
             for key, value in new.items():
-                if key in _IGNORED_ON_COMPARE or key not in row_meta.columns or key in meta.allow_on_submit:
+                if (
+                    key in _IGNORED_ON_COMPARE
+                    or not row_meta.has_column(key)
+                    or key in meta.allow_on_submit
+                ):
                     continue
                 before, after = old.get(key), self.normalize(row_meta, key, value)
                 if before in ("", None) and after in ("", None) or before == after:
                     continue
                 raise FrappeError(
                     "UpdateAfterSubmitError",
-                    f"{prefix} Not allowed to change <strong>{self.label(key)}</strong> after submission "
+                    f"{prefix} Not allowed to change <strong>{self.label(key)}</strong> after "
+                    "submission "
                     f"from <strong>{before}</strong> to <strong>{after}</strong>",
-                    title="Cannot Update After Submit", where="update")
+                    title="Cannot Update After Submit",
+                    where="update",
+                )
 
         changed(meta, doc, {k: v for k, v in data.items() if k not in meta.tables}, "")
         for table in meta.tables:
