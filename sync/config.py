@@ -35,14 +35,18 @@ DEFAULT_PAYMENT_METHODS: dict[str, str] = {
 }
 
 
+class BadSecretFile(ValueError):
+    """A `*_file` secret that cannot be read (a ValueError, so pydantic lists it with the other problems)."""
+
+
 def read_secret_file(path: str | Path, what: str) -> SecretStr:
     p = Path(path)
     try:
         value = p.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"{what}: cannot read secret file {str(p)!r}: {exc.strerror}") from None
+        raise BadSecretFile(f"{what}: cannot read secret file {str(p)!r}: {exc.strerror}") from None
     if not value:
-        raise ConfigError(f"{what}: secret file {str(p)!r} is empty")
+        raise BadSecretFile(f"{what}: secret file {str(p)!r} is empty")
     register_secret(value)
     return SecretStr(value)
 
@@ -54,7 +58,7 @@ def resolve_secret_files(data: dict[str, Any], secret_fields: set[str], where: s
         file_key = f"{name}_file"
         if out.get(file_key):
             if out.get(name):
-                raise ConfigError(f"{where}: set either {name} or {file_key}, not both")
+                raise BadSecretFile(f"{where}: set either {name} or {file_key}, not both")
             out[name] = read_secret_file(out.pop(file_key), f"{where}.{file_key}")
         else:
             out.pop(file_key, None)
@@ -341,7 +345,10 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
 
 def build_connector_settings(name: str, src: SourceSettings, model: type[BaseModel]) -> BaseModel:
     """Validate a source's connector settings with the connector's own model (secrets resolved)."""
-    data = resolve_secret_files(src.settings, secret_field_names(model), f"sources.{name}.settings")
+    try:
+        data = resolve_secret_files(src.settings, secret_field_names(model), f"sources.{name}.settings")
+    except BadSecretFile as exc:
+        raise ConfigError(str(exc)) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -7,16 +7,18 @@ from datetime import UTC, date, datetime, time, timedelta
 from email.utils import parsedate_to_datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sync.errors import ConfigError
-
 _FRAPPE_DT = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?$")
+
+
+class BadTimeSetting(ValueError):
+    """A time zone or duration that cannot be used (a ValueError, so pydantic collects it with the rest)."""
 
 
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"unknown time zone {name!r}") from None
+        raise BadTimeSetting(f"unknown time zone {name!r}") from None
 
 
 def utcnow() -> datetime:
@@ -84,4 +86,4 @@ def parse_duration(text: str) -> timedelta:
             return timedelta(seconds=float(text[:-1]) * units[text[-1]])
         return timedelta(seconds=float(text))
     except ValueError:
-        raise ConfigError(f"not a duration: {text!r} (use e.g. 30s, 10m, 2h)") from None
+        raise BadTimeSetting(f"not a duration: {text!r} (use e.g. 30s, 10m, 2h)") from None

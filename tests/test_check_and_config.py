@@ -1,0 +1,104 @@
+"""`feesync check` and configuration: every problem listed at once, secrets from env or files, scopes verified."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sync.config import load_settings
+from sync.errors import ConfigError
+from tests import proc, scenario
+
+
+def test_every_config_problem_is_listed_at_once(tmp_path):
+    """Bad duration, unknown payment method, bad time zone and a missing key are all reported together."""
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("""
+[lms]
+base_url = "ftp://nowhere"
+time_zone = "Mars/Olympus"
+[sources.erp]
+connector = "erpnext"
+lookback = "ten minutes"
+[sources.erp.mapping.payment_methods]
+"Cash" = "gold_bars"
+""")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    text = "\n".join(err.value.problems)
+    for needle in ("base_url", "time zone", "lookback", "gold_bars"):
+        assert needle in text, f"{needle!r} missing from: {text}"
+    out = proc.run("--config", str(cfg), "check", "--json", secrets=False)
+    assert out.returncode == 1
+    problems = json.loads(out.stdout)["problems"]
+    assert len(problems) >= 4
+
+
+def test_secrets_come_from_files(tmp_path, monkeypatch):
+    """`api_key_file` is read (trimmed) into a SecretStr; the value never shows in the settings' repr."""
+    key_file = tmp_path / "lms_key"
+    key_file.write_text("zl_from_a_file_123\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[lms]\napi_key_file = "{key_file}"\n')
+    for k in list(__import__("os").environ):
+        if k.startswith("FEESYNC_"):
+            monkeypatch.delenv(k)
+    settings = load_settings(cfg)
+    assert settings.lms.api_key.get_secret_value() == "zl_from_a_file_123"
+    assert "zl_from_a_file_123" not in repr(settings)
+
+
+def test_unreadable_secret_file_is_named_with_the_other_problems(tmp_path):
+    """A secret file that does not exist is named, together with the other configuration problems."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"""
+[lms]
+api_key_file = "{tmp_path / 'missing'}"
+[sources.x]
+connector = "erpnext"
+lookback = "soon"
+""")
+    out = proc.run("--config", str(cfg), "check", "--json", secrets=False)
+    assert out.returncode == 1
+    problems = " | ".join(json.loads(out.stdout)["problems"])
+    assert "cannot read secret file" in problems and "'soon'" in problems
+
+
+def test_a_connector_that_is_not_installed_is_named(tmp_path):
+    """`connector = "no_such_erp"` stops start-up with the connector's name and the installed ones."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[lms]\n[sources.x]\nconnector = "no_such_erp"\n')
+    out = proc.run("--config", str(cfg), "check", "--json", secrets=False,
+                   extra_env={"FEESYNC_LMS__API_KEY": "zl_whatever_1234"})
+    assert out.returncode == 1
+    problems = " | ".join(json.loads(out.stdout)["problems"])
+    assert "'no_such_erp' is not installed" in problems and "erpnext" in problems
+
+
+def test_check_passes_and_then_names_a_missing_write_scope(sandboxes, tmp_path):
+    """With a full key `check` exits 0; with a read-only key it exits 1 naming fees:write."""
+    scn = scenario.build(n_students=1, receipts_per_student=1)
+    scn["lms_seed"]["institutes"][0]["api_keys"].append(
+        {"key": "zl_read_only_key_42", "name": "ro", "scopes": ["fees:read", "students:read"]})
+    lms, erp = sandboxes(scn)
+    cfg = proc.write_config(tmp_path, lms, erp)
+    ok = proc.run("--config", str(cfg), "check", "--json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout) == {"ok": True, "problems": []}
+    ro = proc.run("--config", str(cfg), "check", "--json", extra_env={"FEESYNC_LMS__API_KEY": "zl_read_only_key_42"})
+    assert ro.returncode == 1
+    problems = json.loads(ro.stdout)["problems"]
+    assert any("fees:write" in p for p in problems), problems
+    assert lms.stats()["writes_applied"] == 0, "check writes nothing"
+
+
+def test_check_names_an_unreachable_erp(sandboxes, tmp_path):
+    """An ERP URL nobody answers on is listed as a problem of that source."""
+    scn = scenario.build(n_students=1, receipts_per_student=1)
+    lms, erp = sandboxes(scn)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(scenario.config_toml(str(tmp_path / "s.db"), lms.base_url, "http://127.0.0.1:9"))
+    out = proc.run("--config", str(cfg), "check", "--json")
+    assert out.returncode == 1
+    assert any(p.startswith("sources.erp:") for p in json.loads(out.stdout)["problems"])
