@@ -197,18 +197,17 @@ def status(ctx: click.Context, as_json: bool) -> None:
         store.close()
 
     def render(d: dict[str, Any]) -> None:
-        t = Table("source", "cursor", "lag", "last run", "status", "last success", "pushed", "skipped", "conflict",
-                  "pending", "open", box=None, header_style="bold")
+        t = Table("source", "cursor", "lag", "last run", "last success", "pushed", "open", box=None,
+                  header_style="bold", pad_edge=False)
         for s in d["sources"]:
             last = s["last_run"] or {}
-            docs = s["documents"]
+            run = f"{last['status']} {_short_ts(last.get('finished_at') or last.get('started_at'))[5:]}" if last else "-"
             t.add_row(s["source"], _short_ts((s["cursor"] or {}).get("changed_at")),
-                      "-" if s["lag_seconds"] is None else ops._age(s["lag_seconds"]),
-                      _short_ts(last.get("finished_at")), last.get("status", "-"), _short_ts(s["last_success"]),
-                      str(docs.get("pushed", 0)), str(docs.get("skipped", 0)),
-                      str(docs.get("conflict", 0) + docs.get("held", 0)), str(docs.get("pending", 0)),
+                      "-" if s["lag_seconds"] is None else ops._age(s["lag_seconds"]), run,
+                      _short_ts(s["last_success"])[5:] or "-", str(s["documents"].get("pushed", 0)),
                       str(s["open_conflicts"]))
         console.print(t)
+        console.print("documents by status and the last runs: feesync status --json", style="dim", highlight=False)
     _emit(data, as_json, render)
 
 
@@ -223,7 +222,7 @@ def conflicts() -> None:
 
 def _store(ctx: click.Context) -> Any:
     from sync.state import Store
-    return Store.open(_settings(ctx.find_root()).state_path, create=False)
+    return Store.open(_settings(ctx.find_root()).state_target(), create=False)
 
 
 def _filter_options(f: Any) -> Any:
@@ -246,7 +245,7 @@ def _filters(kinds: tuple[str, ...], source: str | None, student: str | None, ol
         if value:
             try:
                 parse_duration(value)
-            except ConfigError:
+            except ValueError:
                 raise click.BadParameter(f"{value!r} is not a duration (e.g. 2d, 12h, 30m)", param_hint=name) from None
     return {"kind": list(kinds) or None, "source": source, "student": student, "older_than": older_than,
             "newer_than": newer_than}
@@ -258,22 +257,29 @@ def _money_line(money: dict[str, str]) -> str:
 
 
 def _conflict_table(rows: list[dict[str, Any]], *, show_status: bool = False) -> Table:
+    """Fits the terminal: the detail (and the source) only where there is room (`show` has everything)."""
     from sync import ops
-    t = Table(box=None, header_style="bold", pad_edge=False, expand=False)
+    width = console.width
+    with_source = width >= 110 or len({r["source"] for r in rows}) > 1
+    with_detail = width >= 120
+    t = Table(box=None, header_style="bold", pad_edge=False)
     t.add_column("id", justify="right", no_wrap=True)
     if show_status:
         t.add_column("status", no_wrap=True)
     t.add_column("kind", no_wrap=True, overflow="ellipsis", max_width=22)
-    t.add_column("source", no_wrap=True, overflow="ellipsis", max_width=14)
-    t.add_column("document", no_wrap=True, overflow="ellipsis", max_width=24)
-    t.add_column("customer", no_wrap=True, overflow="ellipsis", max_width=20)
+    if with_source:
+        t.add_column("source", no_wrap=True, overflow="ellipsis", max_width=14)
+    t.add_column("document", no_wrap=True, overflow="ellipsis", max_width=20)
+    t.add_column("customer", no_wrap=True, overflow="ellipsis", max_width=18)
     t.add_column("amount", justify="right", no_wrap=True)
     t.add_column("age", justify="right", no_wrap=True)
-    t.add_column("detail", no_wrap=True, overflow="ellipsis", ratio=1, min_width=10)
+    if with_detail:
+        t.add_column("detail", no_wrap=True, overflow="ellipsis", max_width=max(20, width - 110))
     for c in rows:
-        cells = [str(c["id"])] + ([c["status"]] if show_status else []) + [
-            c["kind"], c["source"], c["doc_id"], c["customer"] or "-", ops.money_display(c["amount"], c["currency"]),
-            c["age"], c["detail"]]
+        cells = [str(c["id"])] + ([c["status"]] if show_status else []) + [c["kind"]] + (
+            [c["source"]] if with_source else []) + [
+            c["doc_id"], c["customer"] or "-", ops.money_display(c["amount"], c["currency"]), c["age"]] + (
+            [c["detail"]] if with_detail else [])
         t.add_row(*cells)
     return t
 
@@ -350,15 +356,16 @@ def conflicts_show(ctx: click.Context, conflict_id: int, as_json: bool) -> None:
                     "amended_from")
             for k in keys:
                 if doc.get(k) not in (None, ""):
-                    console.print(f"  {k}: {doc[k]}", highlight=False)
+                    value = ops.money_display(doc[k]) if k == "amount" else doc[k]
+                    console.print(f"  {k}: {value}", highlight=False)
             for r in doc.get("references") or []:
                 console.print(f"  reference: {r.get('invoice_id') or '-'} {r.get('amount')} "
                               f"{r.get('installment_term') or ''} plan {r.get('lms_plan_id') or '-'}", highlight=False)
         console.print("\n[bold]What was sent to the LMS[/bold]")
         if not d["writes"]:
-            console.print("  nothing: it stopped at mapping" + (
-                f" (request as mapped: {json.dumps(d['request'], default=str)})" if d.get("request") else ""),
-                highlight=False)
+            req = d.get("request")
+            as_mapped = f" (as mapped: {json.dumps(req, default=str)})" if req and req != doc else ""
+            console.print(f"  nothing: it stopped before sending{as_mapped}", highlight=False)
         for w in d["writes"]:
             console.print(f"  {w['method']} {w['path']}  key {w['key']}  {w['status']} ({w['attempts']} attempt(s))",
                           highlight=False)
@@ -533,6 +540,9 @@ def conflicts_map(ctx: click.Context, source: str | None, customer: str | None, 
         if d["shadowed_by_config"]:
             console.print(f"[yellow]note:[/yellow] the config file maps it to {d['shadowed_by_config']}, which wins",
                           highlight=False)
+        if d.get("closed"):
+            console.print(f"closed the invoice's own conflict(s) {', '.join(f'#{c}' for c in d['closed'])}: "
+                          "no plan is created for it", highlight=False)
         console.print(f"{len(d['unblocked'])} open conflict(s) it unblocks", highlight=False)
         _render_retried(d)
     _emit(result, as_json, render)
@@ -635,11 +645,15 @@ def reconcile(ctx: click.Context, source: str, since: str | None, as_json: bool)
 # --- check ---------------------------------------------------------------------------------------------
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--liveness", is_flag=True, help="Only probe that this host's daemon is alive and healthy (its "
+              "/healthz when status_listen is set, else recent runs in the state store); for health checks.")
 @click.pass_context
-def check(ctx: click.Context, as_json: bool) -> None:
+def check(ctx: click.Context, as_json: bool, liveness: bool = False) -> None:
     """Validate the configuration, reach every endpoint and verify the LMS key's scopes. Exit 0 or 1."""
     from sync import ops
     obj = ctx.ensure_object(dict)
+    if liveness:
+        _liveness(obj.get("config"), as_json)
     try:
         settings = load_settings(obj.get("config"))
         logs.configure(settings.log_format, settings.log_level)
@@ -657,6 +671,25 @@ def check(ctx: click.Context, as_json: bool) -> None:
                 console.print(f"  - {p}", highlight=False)
     _emit(data, as_json, render)
     sys.exit(0 if not problems else 1)
+
+
+def _liveness(config: str | None, as_json: bool) -> None:
+    """`check --liveness` (sync/health.py): exit 0 when the daemon is alive and healthy, else 1 saying why."""
+    from sync.health import liveness
+    try:
+        settings = load_settings(config)
+        logs.configure(settings.log_format, settings.log_level)
+        data = liveness(settings)
+    except ConfigError as exc:
+        data = {"ok": False, "via": "config", "problems": exc.problems}
+    data["problems"] = [logs.redact(p) for p in data["problems"]]
+
+    def render(d: dict[str, Any]) -> None:   # plain lines, never wrapped: health logs keep them whole
+        click.echo(f"alive: daemon healthy ({d['via']})" if d["ok"] else f"not alive ({d['via']}):")
+        for p in d["problems"]:
+            click.echo(f"  - {p}")
+    _emit(data, as_json, render)
+    sys.exit(0 if data["ok"] else 1)
 
 
 # --- demo and sandboxes --------------------------------------------------------------------------------
@@ -739,6 +772,33 @@ def state_schema() -> None:
     """Print the DDL of the state store (what state.db-schema holds)."""
     from sync.state import schema_ddl
     click.echo(schema_ddl(), nl=False)
+
+
+@state.command("upgrade")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def state_upgrade(ctx: click.Context, as_json: bool) -> None:
+    """Apply the state store's migrations (back it up first: feesync state backup FILE)."""
+    from sync.state import Store
+    settings = _settings(ctx.find_root())
+    before, after = Store.upgrade(settings.state_target())
+    _emit({"from": before, "to": after}, as_json,
+          lambda d: console.print(f"state store at revision {d['to']} (was {d['from'] or 'new'})"))
+
+
+@state.command("backup")
+@click.argument("dest", type=click.Path(dir_okay=False))
+@click.pass_context
+def state_backup(ctx: click.Context, dest: str) -> None:
+    """Take an online, consistent copy of the SQLite state store (the daemon may keep running)."""
+    from sync.state import Store
+    settings = _settings(ctx.find_root())
+    store = Store.open(settings.state_target(), create=False)
+    try:
+        out = store.backup(dest)
+    finally:
+        store.close()
+    console.print(f"backup written: {out}")
 
 
 def main() -> None:

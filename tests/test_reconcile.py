@@ -1,0 +1,151 @@
+"""Reconciliation finds exactly the drifts planted after a clean sync (missing, gone from the ERP, amount
+changed silently), writes nothing to the LMS, and shows up in the report and on the status page."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from sync import reconcile as recon
+from sync.app import build_app
+from sync.cli import cli
+from sync.config import load_settings
+from sync.report import write_report
+from sync.times import utcnow
+from sync.web import StatusServer
+from tests import scenario
+from tests.scenario import KHI
+
+BASE = datetime(2026, 11, 1, 9, 0, tzinfo=KHI)
+NEW = "ACC-PAY-2026-00050"
+
+
+def _scenario():
+    scn = scenario.build(n_students=4, receipts_per_student=2, amount=1000, base=BASE)
+    inst = scn["lms_seed"]["institutes"][0]
+    inst["payments"] = [
+        # pushed to the ERP by the LMS itself (the ERP holds it as an LMS-originated Payment Entry)
+        {"id": 900, "fee_plan_id": 5000, "amount": 500, "payment_date": "2026-10-20T00:00:00+05:00"},
+        # taken at the front desk, entered in the LMS only
+        {"id": 901, "fee_plan_id": 5001, "amount": 300, "notes": "front desk"},
+    ]
+    lms_origin = scenario.new_receipt(40, "Student 0", 500, None, BASE - timedelta(days=12))
+    lms_origin["custom_zensbot_payment_id"] = "900"
+    scn["erp_data"]["documents"]["Payment Entry"].append(lms_origin)
+    return scn
+
+
+@pytest.fixture
+def env(sandboxes, tmp_path, monkeypatch):
+    lms, erp = sandboxes(_scenario())
+    cfg = tmp_path / "feesync.toml"
+    cfg.write_text(f'report_dir = "{tmp_path / "reports"}"\n'
+                   + scenario.config_toml(str(tmp_path / "state.db"), lms.base_url, erp.url, interval="1h"))
+    for k, v in scenario.secret_env().items():
+        monkeypatch.setenv(k, v)
+    app = build_app(load_settings(cfg), sleep=lambda s: None)
+    first = app.engine.run_once("erp")
+    assert first.counts["pushed"] == 8 and not first.conflicts
+    yield lms, erp, app, cfg
+    app.close()
+
+
+def plant(erp):
+    """After the sync: one new receipt (never synced), one cancelled, one cancelled and deleted, one whose
+    amount changed without `modified` moving (the cursor cannot see it)."""
+    erp.insert("Payment Entry", scenario.new_receipt(50, "Student 2", 1000, "ACC-SINV-2026-00003", BASE))
+    erp.cancel("Payment Entry", "ACC-PAY-2026-00005")
+    erp.cancel("Payment Entry", "ACC-PAY-2026-00003")
+    erp.delete("Payment Entry", "ACC-PAY-2026-00003")
+    erp.update("Payment Entry", "ACC-PAY-2026-00007", {"paid_amount": 1500.0, "received_amount": 1500.0},
+               bump_modified=False)
+
+
+def drifts(result):
+    return sorted((d["kind"], d["doc_id"], d["erp_amount"], d["lms_amount"]) for d in result["drifts"])
+
+
+def test_a_clean_sync_reconciles_without_drift(env):
+    """Right after a clean pass the LMS holds exactly what the ERP received; LMS-only payments are not drift."""
+    lms, erp, app, cfg = env
+    result = recon.reconcile(app, "erp")
+    assert result["drifts"] == [] and result["erp"]["received"] == 8 and result["erp"]["lms_originated"] == 1
+    assert result["lms"] == {"payments_from_source": 8, "amount_from_source": "8000", "other_payments": 2}
+
+
+def test_reconcile_finds_each_planted_drift_and_nothing_else_without_writing_to_the_lms(env):
+    """missing_in_lms for the new receipt, not_in_erp for the cancelled and the deleted one, amount_mismatch
+    for the silent edit; the LMS receives no write and the result is stored."""
+    lms, erp, app, cfg = env
+    plant(erp)
+    writes_before = lms.stats()["writes_received"]
+    result = recon.reconcile(app, "erp")
+    assert lms.stats()["writes_received"] == writes_before
+    assert drifts(result) == [
+        ("amount_mismatch", "ACC-PAY-2026-00007", "1500", "1000"),
+        ("missing_in_lms", NEW, "1000", "0"),
+        ("not_in_erp", "ACC-PAY-2026-00003", "0", "1000"),
+        ("not_in_erp", "ACC-PAY-2026-00005", "0", "1000"),
+    ]
+    detail = {d["doc_id"]: d for d in result["drifts"]}
+    assert "deleted" in detail["ACC-PAY-2026-00003"]["detail"]
+    assert "cancelled in the ERP" in detail["ACC-PAY-2026-00005"]["detail"]
+    assert detail["ACC-PAY-2026-00007"]["student_id"] == "103" and detail["ACC-PAY-2026-00007"]["plan_id"] == "5003"
+    assert result["counts"] == {"missing_in_lms": 1, "not_in_erp": 2, "amount_mismatch": 1}
+    assert result["unexplained"] == 4            # no conflict explains them: the cursor never saw these changes
+    plan = next(p for p in result["plans"] if p["plan_id"] == "5003")
+    assert (plan["erp_received"], plan["lms_from_source"], plan["difference"]) == ("2500", "2000", "500")
+    assert plan["lms_paid_total"] is not None and plan["drifts"] == 1
+
+    assert recon.latest(app.store)[0]["counts"] == result["counts"]
+    saved = json.loads((Path(app.settings.report_dir) / "reconciliation-erp.json").read_text())
+    assert drifts(saved) == drifts(result)
+
+
+def test_a_drift_the_sync_already_reported_names_its_conflict(env):
+    """After the next pass, the cancelled receipt's reversed_in_erp conflict explains its not_in_erp drift."""
+    lms, erp, app, cfg = env
+    erp.cancel("Payment Entry", "ACC-PAY-2026-00005")
+    app.engine.run_once("erp")
+    result = recon.reconcile(app, "erp")
+    (d,) = result["drifts"]
+    assert d["kind"] == "not_in_erp" and [c["kind"] for c in d["explained_by"]] == ["reversed_in_erp"]
+    assert result["unexplained"] == 0
+
+
+def test_since_limits_reconciliation_to_documents_changed_since_that_day(env):
+    """`--since` today sees the new and the cancelled receipt (changed today), not the silent edit of an old one."""
+    lms, erp, app, cfg = env
+    plant(erp)
+    since = utcnow() - timedelta(minutes=5)
+    result = recon.reconcile(app, "erp", since=since)
+    assert drifts(result) == [("missing_in_lms", NEW, "1000", "0"),
+                              ("not_in_erp", "ACC-PAY-2026-00005", "0", "1000")]
+
+
+def test_cli_reconcile_report_and_status_page_show_the_latest_reconciliation(env, tmp_path):
+    """`feesync reconcile --json` exits 1 with drifts; the report and the status page list them."""
+    lms, erp, app, cfg = env
+    plant(erp)
+    env_vars = scenario.secret_env()
+    r = CliRunner().invoke(cli, ["--config", str(cfg), "reconcile", "--source", "erp", "--json"], env=env_vars)
+    assert r.exit_code == 1, r.output
+    assert json.loads(r.stdout)["counts"] == {"missing_in_lms": 1, "not_in_erp": 2, "amount_mismatch": 1}
+    text = CliRunner().invoke(cli, ["--config", str(cfg), "reconcile", "--source", "erp"], env=env_vars).stdout
+    assert "drifts: 4 (missing in LMS 1, not in ERP 2, amount mismatch 1" in " ".join(text.split())
+
+    html = Path(write_report(app.store, app.settings, tmp_path / "rep")["html"]).read_text()
+    for kind in ("missing_in_lms", "not_in_erp", "amount_mismatch"):
+        assert f'data-drift="{kind}"' in html
+    with StatusServer(app, listen="127.0.0.1:0") as web:
+        with urllib.request.urlopen(web.url + "/reconciliation") as resp:  # noqa: S310 - loopback
+            page = resp.read().decode()
+        with urllib.request.urlopen(web.url + "/api/reconciliation") as resp:  # noqa: S310
+            api = json.load(resp)
+    assert NEW in page and 'data-drift="amount_mismatch"' in page
+    assert api["reconciliations"][0]["drift_total"] == 4
