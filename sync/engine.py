@@ -42,7 +42,7 @@ from sync.events import (
 from sync.lms import LmsClient
 from sync.logs import get_logger, redact
 from sync.mapping import PlannedWrite, Resolver, WaitForPlan
-from sync.state import Store, documents, writes
+from sync.state import Store, conflicts, documents, writes
 from sync.times import utcnow, zone
 
 log = get_logger(component="engine")
@@ -54,6 +54,8 @@ SELF_HEALING = {"unknown_student", "no_active_plan", "plan_not_created", "mappin
 # 409 answers that mean the goal is already reached for these operations
 ALREADY_DONE = {"cancel_plan": {"plan_cancelled"}, "waive_installment": set()}
 DECIDED = ("pushed", "skipped", "conflict", "held")
+# after these answers a new key revision would risk recording money twice (rule 12): only a person acts
+NEVER_REVISE = {"idempotency_key_reused", "lms_conflict", "unexpected_status"}
 
 
 @dataclass
@@ -170,10 +172,11 @@ class Engine:
         cursor_key = cursor_name or source
         resolver = self._resolver(source, learn=not dry_run)
         try:
-            if not dry_run and mode == "live":
-                self._revisit_held(source, resolver, result, run_id)
             stored = self.store.get_cursor(cursor_key)
             start = self._start_position(stored, src, since)
+            if not dry_run and mode == "live":
+                self._revisit_held(source, resolver, result, run_id)
+                self._revisit_pending(source, resolver, result, run_id, start)
             server_now = connector.server_now()
             signpost = Position(server_now - src.lag_td(), "") if server_now else None
             if until is not None and (signpost is None or until < signpost.changed_at):
@@ -448,6 +451,13 @@ class Engine:
                 if last:
                     self._finish(run, event, final_status)
                 continue
+            if latest is not None and latest["status"] == "conflict":
+                kind = self._conflict_kind_of_write(latest["id"])
+                if kind in NEVER_REVISE:
+                    return self._conflict(run, event, ConflictError(
+                        kind, f"the LMS answered {latest['last_error'] or kind} for key {latest['idem_key']}; "
+                        "a new key could record the money twice, so this needs a person", definitive=False),
+                        write=latest)
             if latest is not None and latest["status"] == "intent":
                 wid, key, body_json = latest["id"], latest["idem_key"], latest["body"]
             else:
@@ -553,6 +563,11 @@ class Engine:
         raise DeferredError(f"create plan for {event.doc_id}: outcome still unknown after {attempts} attempts",
                             last=last_exc)
 
+    def _conflict_kind_of_write(self, wid: int) -> str | None:
+        with self.store.engine.connect() as conn:
+            return conn.execute(select(conflicts.c.kind).where(conflicts.c.write_id == wid)
+                                .order_by(conflicts.c.id.desc())).scalar()
+
     def _bump_attempts(self, wid: int) -> Any:
         return writes.update().where(writes.c.id == wid).values(attempts=writes.c.attempts + 1,
                                                                  sent_at=utcnow().isoformat())
@@ -608,6 +623,24 @@ class Engine:
                 self.store.upsert_document(conn, source, event.doc_id, status="pending")
             self._receipt(run, event, retry=True)
 
+    def _revisit_pending(self, source: str, resolver: Resolver, result: RunResult, run_id: str,
+                         start: Position | None) -> None:
+        """Documents left pending behind the read window (e.g. a manual retry that met an LMS outage) are
+        re-sent from their stored intents, so nothing stays undecided where the poll no longer looks."""
+        if start is None:
+            return
+        with self.store.tx() as conn:
+            rows = conn.execute(select(documents).where(
+                documents.c.source == source, documents.c.status == "pending",
+                documents.c.changed_at < start.changed_at.isoformat())).mappings().all()
+        run = _Run(source, self.settings.sources[source], resolver, result, run_id, False, None, None, None, False)
+        for doc in rows:
+            try:
+                event = from_summary(doc["event_kind"], json.loads(doc["summary"]))
+            except (ValueError, KeyError):
+                continue
+            self._handle(run, event, retry=True)
+
     # --- plans, cancellations, credit notes ----------------------------------------------------------
     def _plan_issued(self, run: _Run, event: PlanIssued, *, retry: bool = False) -> str:
         if event.lms_plan_id:
@@ -621,8 +654,14 @@ class Engine:
         with self.store.tx() as conn:
             doc = self.store.document(conn, run.source, event.doc_id)
             prior = self.store.writes_for(conn, run.source, event.doc_id)
+            mapped = run.resolver.plan_for_invoice(conn, event.doc_id, None) if not prior else None
         if doc is not None and doc["status"] == "pushed":
             return self._pushed_seen_again(run, event, doc, prior, "plan_changed_in_erp")
+        if mapped and mapped not in run.resolver.dry_plans.values():
+            # a person (or the configuration) mapped this invoice to an existing plan: never create another
+            result = self._skip(run, event, "mapped_to_existing_plan")
+            self._release(run, event.doc_id)
+            return result
         if doc is not None and doc["status"] == "conflict" and not retry and any(
                 w["status"] == "conflict" for w in prior):
             run.result.counts["still_in_conflict"] += 1

@@ -475,9 +475,12 @@ class Store:
             resolved_by=actor if status != "open" else None))
         self._history(conn, cid, status, actor, note)
 
-    def _history(self, conn: Connection, cid: int, action: str, actor: str, note: str | None) -> None:
-        conn.execute(conflict_history.insert().values(conflict_id=cid, at=_now(), action=action,
-                                                      actor=actor, note=note))
+    def add_history(self, conn: Connection, cid: int, action: str, actor: str, note: str | None) -> int:
+        """One step of a conflict's life (opened, seen_again, retried, resolved, ignored ...)."""
+        return int(conn.execute(conflict_history.insert().values(
+            conflict_id=cid, at=_now(), action=action, actor=actor, note=note)).inserted_primary_key[0])
+
+    _history = add_history
 
     def open_conflicts_for(self, conn: Connection, source: str, doc_id: str) -> list[dict[str, Any]]:
         rows = conn.execute(select(conflicts).where(conflicts.c.source == source, conflicts.c.doc_id == doc_id,
