@@ -98,7 +98,11 @@ def once(ctx: click.Context, sources: tuple[str, ...], dry_run: bool, as_json: b
             results.append(app.engine.run_once(name, datetime.now(UTC), dry_run=dry_run))
     finally:
         app.close()
-    payload = {"results": [r.as_dict() for r in results], "lms_requests": dict(app.lms.requests)}
+    requests: dict[str, int] = {}
+    for client in app.lms_clients.values():
+        for status_code, n in client.requests.items():
+            requests[status_code] = requests.get(status_code, 0) + n
+    payload = {"results": [r.as_dict() for r in results], "lms_requests": requests}
     if dry_run:
         payload["planned_writes"] = [w for r in results for w in r.planned]
     _emit(payload, as_json, lambda d: _render_runs(results, dry_run))

@@ -133,5 +133,10 @@ def render(collector: StateCollector) -> bytes:
 
 def app_collector(app: Any, *, scheduler_running: Callable[[], bool] | None = None,
                   clock: Callable[[], datetime] = utcnow) -> StateCollector:
-    return StateCollector(app.store, lms_requests=lambda: Counter(app.lms.requests),
+    def lms_requests() -> Counter[str]:   # every institute's client (one key each)
+        total: Counter[str] = Counter()
+        for client in (getattr(app, "lms_clients", None) or {"default": app.lms}).values():
+            total.update(client.requests)
+        return total
+    return StateCollector(app.store, lms_requests=lms_requests,
                           scheduler_running=scheduler_running, clock=clock)

@@ -560,7 +560,8 @@ def add_mapping(app: Any, kind: str, source: str, erp_id: str, lms_id: str, *, a
         raise ValueError("both the ERP id and the LMS id are needed")
     if verify:
         try:
-            found = app.lms.get_student(lms_id) if kind == KIND_CUSTOMER else app.lms.get_plan(lms_id)
+            lms = app.engine.lms_for(source)
+            found = lms.get_student(lms_id) if kind == KIND_CUSTOMER else lms.get_plan(lms_id)
         except ConflictError as exc:
             what = "student" if kind == KIND_CUSTOMER else "fee plan"
             raise ValueError(f"the LMS has no {what} {lms_id} ({exc.detail})") from None
@@ -625,11 +626,14 @@ def check(settings: Any) -> list[str]:
         Store.open(settings.state_target()).close()
     except Exception as exc:  # noqa: BLE001
         problems.append(f"state: {exc}")
-    lms = LmsClient(settings.lms, stop_event=stop)
-    try:
-        problems.extend(lms.probe())
-    finally:
-        lms.close()
+    for inst_id, inst in settings.institutes.items():
+        lms = LmsClient(inst.lms, stop_event=stop)
+        try:
+            found = lms.probe()
+        finally:
+            lms.close()
+        label = "" if len(settings.institutes) == 1 else f"institutes.{inst_id}: "
+        problems.extend(f"{label}{p}" for p in found)
     for name, conn in connectors.items():
         probe = getattr(conn, "probe", None)
         if probe is not None:

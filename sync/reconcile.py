@@ -89,7 +89,8 @@ def reconcile(app: Any, source: str, *, since: datetime | None = None, summaries
     # --- the LMS side -------------------------------------------------------------------------
     held: dict[str, list[dict[str, Any]]] = defaultdict(list)
     other = 0
-    for p in app.lms.list_payments():
+    lms = app.engine.lms_for(source)   # the institute this source writes to
+    for p in lms.list_payments():
         notes = str(p.get(C.PAY_NOTES) or "")
         if not notes.startswith(prefix):
             other += 1
@@ -137,7 +138,7 @@ def reconcile(app: Any, source: str, *, since: datetime | None = None, summaries
                            "lms_amount": money_text(lms_amount),
                            "detail": f"the ERP says {money_text(doc['amount'])}, the LMS holds {money_text(lms_amount)}"})
     # --- per student and plan --------------------------------------------------------------------------
-    plans = _per_plan(app, erp, held, ledger, drifts, in_window, summaries)
+    plans = _per_plan(app, erp, held, ledger, drifts, in_window, summaries, source)
     finished = utcnow()
     totals_by_kind = {k: sum(1 for d in drifts if d["kind"] == k) for k in DRIFT_KINDS}
     erp_money: dict[str, Decimal] = defaultdict(Decimal)
@@ -155,7 +156,7 @@ def reconcile(app: Any, source: str, *, since: datetime | None = None, summaries
                 "other_payments": other},
         "counts": totals_by_kind, "drifts": drifts, "drift_total": len(drifts),
         "unexplained": sum(1 for d in drifts if not d["explained_by"]),
-        "plans": plans, "lms_requests": dict(app.lms.requests),
+        "plans": plans, "lms_requests": dict(lms.requests),
     }
     log.info("reconcile.finished", source=source, drifts=len(drifts), **totals_by_kind)
     if save:
@@ -192,7 +193,7 @@ def _open_conflicts(store: Store, source: str) -> dict[str, list[dict[str, Any]]
 
 def _per_plan(app: Any, erp: dict[str, dict[str, Any]], held: dict[str, list[dict[str, Any]]],
               ledger: dict[str, dict[str, Any]], drifts: list[dict[str, Any]], in_window: set[str],
-              summaries: bool) -> list[dict[str, Any]]:
+              summaries: bool, source: str = "") -> list[dict[str, Any]]:
     """Per (student, plan): what the ERP received, what the LMS holds from this source, the plan's paid total."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     student_of_plan: dict[str, str] = {}
@@ -219,7 +220,7 @@ def _per_plan(app: Any, erp: dict[str, dict[str, Any]], held: dict[str, list[dic
     if summaries:
         for student in sorted({s for s, _ in rows if s.isdigit()}):
             try:
-                summary = app.lms.fee_summary(student)
+                summary = app.engine.lms_for(source).fee_summary(student)
             except Exception as exc:  # noqa: BLE001 - a summary is informative; its failure is listed
                 log.warning("reconcile.summary_failed", student_id=student, error=str(exc))
                 continue
