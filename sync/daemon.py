@@ -8,6 +8,8 @@
   retries (`heal_interval`, at most `heal_max_attempts` per conflict) and, when `status_listen` is
   set, the status page (sync/web.py). A retry never runs beside its source's sync pass (one lock
   per source).
+* systemd (`Type=notify`, sync/sdnotify.py): READY=1 once started, WATCHDOG=1 only while the scheduler's
+  heartbeat job keeps running, STOPPING=1 when shutdown begins.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sync import ops
 from sync.app import App, build_app
 from sync.config import Settings
 from sync.logs import get_logger
+from sync.sdnotify import Watchdog
 from sync.times import parse_duration, zone
 
 GRACE_SECONDS = 9.0
@@ -36,7 +39,7 @@ class Daemon:
     def __init__(self, app: App) -> None:
         self.app = app
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max(1, len(app.connectors)) + 2)},   # + report, heal
+            executors={"default": ThreadPoolExecutor(max(1, len(app.connectors)) + 3)},   # + report, heal, heartbeat
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": 3600},
             timezone=UTC)
         self.stopping = threading.Event()
@@ -49,6 +52,7 @@ class Daemon:
         from sync.leases import LeaseKeeper
         self.leases = LeaseKeeper(app.store, parse_duration(app.settings.lease_ttl).total_seconds())
         app.engine.heartbeat = self.leases.heartbeat
+        self.watchdog = Watchdog(self.scheduler, summary=self.summary)   # systemd READY/WATCHDOG/STOPPING
 
     def job(self, source: str) -> None:
         if self.stopping.is_set():
@@ -88,9 +92,11 @@ class Daemon:
         self._schedule_ops()
         self.started_at = datetime.now(UTC)
         self.leases.start()
+        self.watchdog.install()
         self.scheduler.start()
         self._start_status_page()
         log.info("daemon.started", sources=sorted(self.app.connectors))
+        self.watchdog.ready()
 
     # --- ops jobs: report, self-healing retries, status page ---------------------------------------------
     def _schedule_ops(self) -> None:
@@ -121,7 +127,7 @@ class Daemon:
         with self._lock:
             self.busy["_heal"] = True
         try:
-            results = ops.heal(self.app)
+            results = ops.heal(self.app, sources=self.leases.held())   # only what this replica runs
             if results:
                 log.info("heal.finished", retried=len(results),
                          resolved=sum(1 for r in results if r["status"] == "resolved"))
@@ -149,6 +155,7 @@ class Daemon:
 
     def stop(self) -> None:
         """Stop starting work; wait for in-flight runs up to the grace period."""
+        self.watchdog.stopping()
         self.stopping.set()
         self.app.stop_event.set()
         self.scheduler.pause()

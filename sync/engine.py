@@ -474,12 +474,15 @@ class Engine:
                         wid = self.store.insert_write(
                             conn, source=run.source, institute=self.institute(run.source), doc_id=event.doc_id,
                             op=pw.op, base_key=pw.base_key, revision=revision, idem_key=key, method=pw.method,
-                            path=pw.path, body=body_json, body_fingerprint=_fp(body_json), status="intent")
+                            path=pw.path, body=body_json, body_fingerprint=_fp(body_json), status="intent",
+                            attempts=1, sent_at=utcnow().isoformat())   # counted here: one commit fewer
                 except ConflictError as exc:   # the key is another source's: nothing was sent
                     return self._conflict(run, event, exc)
             uncertain = latest is not None and latest["status"] == "intent"
+            counted = not uncertain   # a fresh intent already counts its first attempt
             try:
-                payload, replayed = self._send(run, event, pw, wid, key, body_json, uncertain=uncertain)
+                payload, replayed = self._send(run, event, pw, wid, key, body_json, uncertain=uncertain,
+                                               counted=counted)
             except ConflictError as exc:
                 if exc.kind in ALREADY_DONE.get(pw.op, set()):
                     payload, replayed = {"already": exc.detail}, False
@@ -530,11 +533,12 @@ class Engine:
             run.result.counts["pushed" if isinstance(event, PaymentReceived) else f"{event.kind}_done"] += 1
 
     def _send(self, run: _Run, event: FeeEvent, pw: PlannedWrite, wid: int, key: str, body_json: str, *,
-              uncertain: bool) -> tuple[dict[str, Any], bool]:
+              uncertain: bool, counted: bool = False) -> tuple[dict[str, Any], bool]:
         body = json.loads(body_json)
         if pw.op != "create_plan":
-            with self.store.tx() as conn:
-                conn.execute(self._bump_attempts(wid))
+            if not counted:
+                with self.store.tx() as conn:
+                    conn.execute(self._bump_attempts(wid))
             answer = self.lms_for(run.source).send(pw.method, pw.path, json_body=body, idem_key=key)
             return (answer.body if isinstance(answer.body, dict) else {}), answer.replayed
         # create plan: never trust the key alone. After any uncertain outcome, look the plan up first.
@@ -551,8 +555,9 @@ class Engine:
                 self.stop_event.wait(min(8.0, 0.2 * 2 ** attempt))
                 if self.stop_event.is_set():
                     break
-            with self.store.tx() as conn:
-                conn.execute(self._bump_attempts(wid))
+            if attempt > 0 or not counted:
+                with self.store.tx() as conn:
+                    conn.execute(self._bump_attempts(wid))
             try:
                 answer = self.lms_for(run.source).send(pw.method, pw.path, json_body=body, idem_key=key,
                                                        max_attempts=1)
