@@ -148,6 +148,10 @@ class MappingSettings(BaseModel):
         return v
 
 
+SECRET_SETTING_KEYS = {"api_key", "api_secret", "password", "secret", "token", "client_secret", "refresh_token",
+                       "access_token"}
+
+
 class SourceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -169,6 +173,26 @@ class SourceSettings(BaseModel):
         if v is not None:
             parse_duration(v)
         return v
+
+    @model_validator(mode="after")
+    def _hide_secrets(self) -> SourceSettings:
+        """Connector secrets become SecretStr the moment they are read, not only inside the connector."""
+        for key, value in list(self.settings.items()):
+            if not isinstance(value, str) or not value:
+                continue
+            if key in SECRET_SETTING_KEYS or key.endswith(("_secret", "_password", "_token")):
+                register_secret(value)
+                self.settings[key] = SecretStr(value)
+            elif key == "url" and "://" in value and "@" in value:
+                from sqlalchemy.engine import make_url
+                try:
+                    password = make_url(value).password
+                except Exception:  # noqa: BLE001 - not a database URL: leave it to the connector
+                    password = None
+                if password:
+                    register_secret(str(password))
+                    self.settings[key] = SecretStr(value)
+        return self
 
     def lookback_td(self) -> timedelta:
         return parse_duration(self.lookback)
