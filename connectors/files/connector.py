@@ -4,8 +4,11 @@ One row per receipt, header required (see README "CSV format"):
 `document_id, date, student, amount, currency, method, reference_number, invoice`
 (`email` optional). `student` is the ERP customer / student code; an e-mail there (or in `email`)
 is used for matching LMS students. `invoice` may name an ERP invoice (mapped via
-`mapping.invoices`) or `plan:<LMS plan id>`. Each file is processed once, by the SHA-256 of its
-content; a malformed row becomes a conflict naming file and row, the other rows go on.
+`mapping.invoices`) or `plan:<LMS plan id>`. An optional `status` of `cancelled`, `canceled`,
+`void` or `voided` makes the row a cancellation of that document (a pushed receipt then opens
+`reversed_in_erp`, as in the other connectors); any other status is a receipt. Each file is
+processed once, by the SHA-256 of its content; a malformed row becomes a conflict naming file
+and row, the other rows go on.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sync.connector import SourceContext
 from sync.errors import ConflictError, SourceError
-from sync.events import FeeEvent, Malformed, PaymentReceived, Position, Reference, Unchanged
+from sync.events import (
+    FeeEvent, Malformed, PaymentCancelled, PaymentReceived, Position, Reference, Unchanged,
+)
 from sync.money import to_decimal
 
 COLUMNS = ("document_id", "date", "student", "amount", "currency", "method", "reference_number", "invoice")
 REQUIRED = ("document_id", "date", "student", "amount", "currency")
+CANCELLED = frozenset({"cancelled", "canceled", "void", "voided"})   # optional `status` column
 
 
 class FileSettings(BaseModel):
@@ -98,6 +104,9 @@ class FileConnector:
             pos = Position(mtime, doc_id)
             if ctx.seen(doc_id, version):
                 yield Unchanged(doc_id=doc_id, position=pos, version=version)
+                continue
+            if (row.get("status") or "").lower() in CANCELLED and row.get("document_id"):
+                yield PaymentCancelled(doc_id=doc_id, position=pos, version=version)
                 continue
             try:
                 yield self._event(row, doc_id, pos, version)

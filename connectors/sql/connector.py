@@ -22,8 +22,10 @@
   (rule 9 still needs the reconcile pass for rows whose `changed_at` did not move at all).
 * Errors: connect failures, lost connections, lock timeouts and serialization failures are
   `TransientError` (retried, then deferred); a query the database rejects (ProgrammingError,
-  SQLSTATE class 42, SQLite "no such table/column", syntax errors) is `SourceError`, each
-  raised `from` the driver's exception. A SQLite file is opened read-only and must exist.
+  SQLSTATE class 42, SQLite "no such table/column", syntax errors) is `SourceError`; an account
+  the database refuses (wrong password, unknown role, no grant: SQLSTATE 28xxx / 42501, MySQL
+  1044/1045/1142) is `StopSource` (the source stops, the cursor is kept); each raised `from` the
+  driver's exception. A SQLite file is opened read-only and must exist.
 * Each page is read on its own short connection and fully fetched before events are yielded,
   so no transaction stays open while the engine talks to the LMS.
 """
@@ -46,7 +48,7 @@ from sqlalchemy.engine import make_url
 
 from connectors.sql import _keys
 from sync.connector import SourceContext
-from sync.errors import ConfigError, ConflictError, FeesyncError, SourceError, TransientError
+from sync.errors import ConfigError, ConflictError, FeesyncError, SourceError, StopSource, TransientError
 from sync.events import (
     FeeEvent,
     Malformed,
@@ -133,6 +135,12 @@ _QUERY_PROBLEMS = ("no such table", "no such column", "syntax error", "near \"",
                    "no such function", "misuse of", "wrong number of arguments", "incomplete input",
                    "unknown column", "doesn't exist", "does not exist")
 _MYSQL_QUERY_CODES = frozenset({1054, 1064, 1146, 1149, 1109, 1052})
+# The account is refused (wrong password, unknown role, no grant): a person must fix the URL or the
+# grants. Connection-time failures carry no SQLSTATE in psycopg, hence the texts.
+_ACCESS_PROBLEMS = ("password authentication failed", "authentication failed", "no pg_hba.conf entry",
+                    "permission denied", "access denied", "insufficient privilege")
+_ROLE_MISSING = re.compile(r'role "[^"]*" does not exist', re.I)
+_MYSQL_ACCESS_CODES = frozenset({1044, 1045, 1142, 1143, 1227})
 
 
 def translate(exc: sa_exc.SQLAlchemyError, what: str) -> FeesyncError:
@@ -146,6 +154,10 @@ def translate(exc: sa_exc.SQLAlchemyError, what: str) -> FeesyncError:
     query_problem = (isinstance(exc, sa_exc.ProgrammingError) or state.startswith("42")
                      or mysql_code in _MYSQL_QUERY_CODES
                      or any(p in detail.lower() for p in _QUERY_PROBLEMS))
+    if state.startswith("28") or state == "42501" or mysql_code in _MYSQL_ACCESS_CODES or any(
+            p in detail.lower() for p in _ACCESS_PROBLEMS) or _ROLE_MISSING.search(detail):
+        return StopSource(f"SQL source {what}: the database refused the account: {detail}; check the user and "
+                          "password in `url` and the account's grants on the query's tables", system="erp")
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         query_problem = False
     if query_problem and not state.startswith(("08", "40", "53", "57")):

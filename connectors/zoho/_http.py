@@ -1,7 +1,8 @@
 """Zoho Books over HTTP: OAuth refresh, pacing (per minute and per day), and Zoho errors translated into ours.
 
-* OAuth: `POST {accounts}/oauth/v2/token?refresh_token=&client_id=&client_secret=&grant_type=refresh_token`
-  answers `{"access_token", "expires_in", ...}`, or HTTP 200 with `{"error": "invalid_code"}` for a
+* OAuth: `POST {accounts}/oauth/v2/token` with `refresh_token`, `client_id`, `client_secret` and
+  `grant_type=refresh_token` in the form body (never in the URL, which gets logged) answers
+  `{"access_token", "expires_in", ...}`, or HTTP 200 with `{"error": "invalid_code"}` for a
   bad refresh token (→ StopSource). The access token is refreshed `refresh_margin` before it
   expires, and once more when a call answers 401 / code 57; a second 401 stops the source.
 * Every API call carries `organization_id` and `Authorization: Zoho-oauthtoken <token>`.
@@ -118,7 +119,9 @@ class ZohoHTTP:
         params = {"refresh_token": self._refresh_token, "client_id": self._client_id,
                   "client_secret": self._client_secret, "grant_type": "refresh_token"}
         try:
-            resp = self.http.post(f"{self.accounts_base}/oauth/v2/token", params=params)
+            # in the form body, never the query string: URLs end up in httpx's INFO log lines and in
+            # proxy / access logs, with the client secret and refresh token in them
+            resp = self.http.post(f"{self.accounts_base}/oauth/v2/token", data=params)
         except httpx.UnsupportedProtocol as exc:
             raise SourceError(f"Zoho accounts URL is not usable: {exc}") from None
         except httpx.TransportError as exc:
