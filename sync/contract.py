@@ -169,6 +169,11 @@ DETAIL_OVERPAYMENT: Final = "Payment exceeds remaining balance"
 DETAIL_MISSING_IDEMPOTENCY_KEY: Final = "Idempotency-Key header is required"
 
 
+# LMS resource ids are integers (a UUID is accepted too, should the service switch); an id that is
+# neither never reaches a URL: the request would be malformed.
+LMS_ID_PATTERN: Final = r"^(?:[1-9][0-9]{0,17}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+
+
 def path(template: str, **ids: object) -> str:
     """Fill a path template with ids (each converted with str)."""
     return template.format(**{k: str(v) for k, v in ids.items()})

@@ -209,6 +209,11 @@ class Engine:
                     if not dry_run:
                         self._mark(source, event, "pending")
                     break
+                except StopSource:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one poison document must not stop the source
+                    if not self._poisoned(run, event, exc):
+                        break
             for invoice, waiters in run.waiting.items():
                 for ev in waiters:
                     result.counts["waiting_for_plan"] += 1
@@ -272,6 +277,28 @@ class Engine:
             changed_at=event.position.changed_at.isoformat(), summary=json.dumps(summary),
             amount=str(amount) if amount is not None else None, currency=getattr(event, "currency", None),
             customer=getattr(event, "customer", None))
+
+    def _poisoned(self, run: _Run, event: FeeEvent, exc: Exception) -> bool:
+        """A bug or an input we did not foresee, met while handling one document. With nothing sent for it,
+        it becomes an `internal_error` conflict naming the error and the run goes on; with a write in
+        flight it stays pending (re-sent with its stored key and body) and the run stops."""
+        error = redact(f"{type(exc).__name__}: {exc}")[:400]
+        log.error("document.failed", source=run.source, doc_id=event.doc_id, error=error)
+        run.result.counts["document_errors"] += 1
+        if run.dry_run:
+            return True
+        with self.store.tx() as conn:
+            in_flight = [w for w in self.store.writes_for(conn, run.source, event.doc_id) if w["status"] == "intent"]
+        if in_flight:
+            run.undecided.add(event.doc_id)
+            run.result.status = "deferred"
+            run.result.error = error
+            self._mark(run.source, event, "pending")
+            return False
+        self._conflict(run, event, ConflictError(
+            "internal_error", f"feesync could not handle this document ({error}); nothing was sent. Report it with "
+            "`feesync conflicts show`; retry after an upgrade", definitive=False))
+        return True
 
     # --- one document ------------------------------------------------------------------------------
     def _handle(self, run: _Run, event: FeeEvent, *, retry: bool = False) -> str:
@@ -650,6 +677,13 @@ class Engine:
     def _plan_issued(self, run: _Run, event: PlanIssued, *, retry: bool = False) -> str:
         if event.lms_plan_id:
             # the LMS created this invoice: map it to that plan, never create it again
+            try:
+                with self.store.tx() as conn:
+                    run.resolver.plan_for_invoice(conn, event.doc_id, event.lms_plan_id)   # validates the id
+            except ConflictError as exc:
+                outcome = self._conflict(run, event, exc)
+                self._release_failed(run, event.doc_id, "its LMS plan id is invalid")
+                return outcome
             if not run.dry_run:
                 with self.store.tx() as conn:
                     self.store.set_mapping(conn, "invoice_plan", run.source, event.doc_id, event.lms_plan_id, "lms")

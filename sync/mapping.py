@@ -8,7 +8,9 @@ currency. Every failure is a ConflictError with a kind; nothing here writes to t
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -36,6 +38,20 @@ class WaitForPlan(Exception):  # noqa: N818 - a signal, not an error
     def __init__(self, invoice_id: str) -> None:
         super().__init__(invoice_id)
         self.invoice_id = invoice_id
+
+
+MAX_KEY = 200
+
+
+def idem_key(text: str) -> str:
+    """The Idempotency-Key for a text derived from an ERP document: the text itself when it is printable
+    ASCII of a sane length (the usual case: `ACC-PAY-2026-00001`), else a deterministic digest of it,
+    because an HTTP header cannot carry other characters (ERP names can be Urdu, Arabic, ...)."""
+    if text.isascii() and text.isprintable() and len(text) <= MAX_KEY:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
+    visible = "".join(ch for ch in text if ch.isascii() and ch.isalnum() or ch in "-_:/.")[:60]
+    return f"{visible}~u{digest}"
 
 
 def plan_marker(source: str, invoice_id: str) -> str:
@@ -157,6 +173,9 @@ class Resolver:
 
     def plan_for_invoice(self, conn: Connection, invoice_id: str | None, lms_plan_id: str | None) -> str | None:
         if lms_plan_id:
+            if not re.match(C.LMS_ID_PATTERN, lms_plan_id):
+                raise ConflictError("malformed_document", f"invoice {invoice_id} names LMS plan {lms_plan_id[:40]!r}, "
+                                    "which is not an LMS plan id", definitive=False)
             return lms_plan_id
         if not invoice_id:
             return None
@@ -251,7 +270,7 @@ class Resolver:
         }
         if seq is not None:
             body[C.PAY_INSTALLMENT_ID] = _int_or_str(self.installment_id(conn, plan_id, seq))
-        return PlannedWrite(op="record_payment", base_key=f"{self.key_prefix}{key}", method="POST",
+        return PlannedWrite(op="record_payment", base_key=idem_key(f"{self.key_prefix}{key}"), method="POST",
                             path=C.path(C.PATH_PLAN_PAYMENTS, plan_id=plan_id), body=body, plan_id=plan_id,
                             amount=whole)
 
@@ -295,7 +314,7 @@ class Resolver:
         if discount:
             body[C.PLAN_DISCOUNT_TYPE] = "flat"
             body[C.PLAN_DISCOUNT_VALUE] = discount
-        return PlannedWrite(op="create_plan", base_key=f"{self.key_prefix}plan:{ev.doc_id}", method="POST",
+        return PlannedWrite(op="create_plan", base_key=idem_key(f"{self.key_prefix}plan:{ev.doc_id}"), method="POST",
                             path=C.PATH_FEE_PLANS, body=body, student_id=student, amount=total - discount)
 
     def find_created_plan(self, student_id: str, invoice_id: str) -> dict[str, Any] | None:
@@ -327,7 +346,7 @@ class Resolver:
         plan_id = self.plan_for_invoice(conn, ev.doc_id, ev.lms_plan_id)
         if plan_id is None:
             return None
-        return PlannedWrite(op="cancel_plan", base_key=f"{self.key_prefix}cancel:{ev.doc_id}", method="POST",
+        return PlannedWrite(op="cancel_plan", base_key=idem_key(f"{self.key_prefix}cancel:{ev.doc_id}"), method="POST",
                             path=C.path(C.PATH_PLAN_CANCEL, plan_id=plan_id), plan_id=plan_id,
                             body={C.PLAN_CANCEL_REASON: f"Invoice {ev.doc_id} was cancelled in the ERP"})
 
@@ -357,7 +376,7 @@ class Resolver:
                 break
             remaining -= due
             out.append(PlannedWrite(
-                op="waive_installment", base_key=f"{self.key_prefix}waive:{ev.doc_id}:{inst[C.INST_SEQUENCE]}",
+                op="waive_installment", base_key=idem_key(f"{self.key_prefix}waive:{ev.doc_id}:{inst[C.INST_SEQUENCE]}"),
                 method="POST", path=C.path(C.PATH_INSTALLMENT_WAIVE, plan_id=plan_id, installment_id=inst[C.INST_ID]),
                 body={C.INST_WAIVE_REASON: f"Credit note {ev.doc_id} against {ev.against_invoice}"},
                 plan_id=plan_id, amount=int(due)))

@@ -68,6 +68,20 @@ class ERPNextSettings(BaseModel):
         return v.rstrip("/")
 
 
+def _text(doc: dict[str, Any], field: str, *, numbers: bool = False, limit: int = 200) -> str | None:
+    """A text field as a string or None; numbers only where the ERP lets people type them (references).
+    Anything else (a list, an object, a boolean) is a malformed document naming the field."""
+    value = doc.get(field)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value[:limit]
+    if numbers and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ConflictError("malformed_document", f"{field.replace('_', ' ')} ({field}) should be text, got "
+                        f"{type(value).__name__}", definitive=False)
+
+
 def _resource(doctype: str, name: str | None = None) -> str:
     path = f"/api/resource/{quote(doctype)}"
     return f"{path}/{quote(name, safe='')}" if name is not None else path
@@ -206,16 +220,19 @@ class ERPNextConnector:
         name = doc["name"]
         docstatus = doc.get("docstatus")
         if docstatus == 2:
-            return PaymentCancelled(doc_id=name, position=pos, version=version, amended_from=doc.get("amended_from"))
+            amended = doc.get("amended_from")   # only informative on a cancellation: never a reason to refuse it
+            return PaymentCancelled(doc_id=name, position=pos, version=version,
+                                    amended_from=amended if isinstance(amended, str) else None)
         if docstatus != 1:
             raise ConflictError("malformed_document", f"unexpected docstatus {docstatus!r}", definitive=False)
         origin = next((str(doc[f]) for f in self.settings.origin_fields if doc.get(f)), None)
         party = doc.get("party")
         if not isinstance(party, str) or not party:
             raise ConflictError("malformed_document", "party (customer) is missing", definitive=False)
-        currency = doc.get("paid_from_account_currency") or doc.get("party_account_currency")
-        if not isinstance(currency, str) or not currency:
-            raise ConflictError("malformed_document", "paid_from_account_currency is missing", definitive=False)
+        currency = _text(doc, "paid_from_account_currency") or _text(doc, "party_account_currency")
+        if not currency or len(currency) != 3 or not currency.isalpha():
+            raise ConflictError("malformed_document", f"paid_from_account_currency {currency!r} is not a currency code",
+                                definitive=False)
         amount = to_decimal(doc.get("paid_amount"), field="paid_amount")
         try:
             posting = date.fromisoformat(str(doc.get("posting_date")))
@@ -237,9 +254,9 @@ class ERPNextConnector:
             email = self._customer(party).get("email_id")
         return PaymentReceived(
             doc_id=name, position=pos, version=version, customer=party, customer_email=email,
-            amount=amount, currency=currency, posting_date=posting, method=doc.get("mode_of_payment"),
-            reference_number=doc.get("reference_no"), references=tuple(refs), unallocated=unallocated,
-            amended_from=doc.get("amended_from"), origin_marker=origin, raw=doc)
+            amount=amount, currency=currency, posting_date=posting, method=_text(doc, "mode_of_payment"),
+            reference_number=_text(doc, "reference_no", numbers=True, limit=140), references=tuple(refs),
+            unallocated=unallocated, amended_from=_text(doc, "amended_from"), origin_marker=origin, raw=doc)
 
     def _reference(self, r: dict[str, Any]) -> Reference:
         doctype = str(r.get("reference_doctype") or "")
@@ -293,9 +310,9 @@ class ERPNextConnector:
                 return None   # a cancelled credit note changes nothing that was written
             return PlanCancelled(doc_id=name, position=pos, version=version,
                                  lms_plan_id=str(plan_id) if plan_id else None)
-        currency = doc.get("currency")
-        if not isinstance(currency, str) or not currency:
-            raise ConflictError("malformed_document", "currency is missing", definitive=False)
+        currency = _text(doc, "currency")
+        if not currency or len(currency) != 3 or not currency.isalpha():
+            raise ConflictError("malformed_document", f"currency {currency!r} is not a currency code", definitive=False)
         posting = date.fromisoformat(str(doc.get("posting_date")))
         grand = to_decimal(doc.get("grand_total"), field="grand_total")
         if is_return:
