@@ -232,6 +232,8 @@ class Settings(BaseSettings):
     status_admin_token_file: str | None = None
     heal_interval: str = "15m"                 # self-healing conflicts are retried this often ...
     heal_max_attempts: int = Field(20, ge=0)   # ... at most this many times each; then they wait for a person
+    reconcile_schedule: str = "daily"          # the periodic reconcile pass (rule 9): daily | hourly | off | 6h | crontab
+    reconcile_window: str = "7d"               # ... over this much recent ERP history
 
     @model_validator(mode="before")
     @classmethod
@@ -248,14 +250,14 @@ class Settings(BaseSettings):
             parse_listen(v)
         return v or None
 
-    @field_validator("report_schedule")
+    @field_validator("report_schedule", "reconcile_schedule")
     @classmethod
     def _report_schedule(cls, v: str) -> str:
         from sync.report import parse_schedule   # raises ValueError with the accepted forms
         parse_schedule(v, "UTC")
         return v
 
-    @field_validator("heal_interval")
+    @field_validator("heal_interval", "reconcile_window")
     @classmethod
     def _heal_interval(cls, v: str) -> str:
         parse_duration(v)

@@ -108,6 +108,28 @@ class Daemon:
         if settings.heal_max_attempts > 0 and self.app.connectors:
             every = parse_duration(settings.heal_interval).total_seconds()
             self.scheduler.add_job(self.heal_job, IntervalTrigger(seconds=every), id="ops:heal", name="self-healing retries")
+        recon = parse_schedule(settings.reconcile_schedule, zone(settings.lms.time_zone))
+        if recon is not None and self.app.connectors:
+            self.scheduler.add_job(self.reconcile_job, recon, id="ops:reconcile", name="reconcile pass")
+
+    def reconcile_job(self) -> dict[str, Any]:
+        """The periodic reconcile pass (sync-correctness rule 9): deletions and silent edits a cursor cannot
+        see show up as drifts in the report and on the status page; it writes nothing to the LMS."""
+        from sync.reconcile import reconcile
+        since = datetime.now(UTC) - parse_duration(self.app.settings.reconcile_window)
+        found: dict[str, Any] = {}
+        for source in sorted(self.leases.held()):
+            if self.stopping.is_set():
+                break
+            try:
+                with ops.source_lock(source):
+                    result = reconcile(self.app, source, since=since)
+                drifts = result.get("drifts") or []
+                found[source] = len(drifts)
+                (log.warning if drifts else log.info)("reconcile.finished", source=source, drifts=len(drifts))
+            except Exception as exc:  # noqa: BLE001 - a failed pass waits for the next one
+                log.error("reconcile.failed", source=source, error=f"{type(exc).__name__}: {exc}")
+        return found
 
     def report_job(self) -> dict[str, Any] | None:
         if self.stopping.is_set():
