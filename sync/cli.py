@@ -756,6 +756,27 @@ def sandbox_erpnext(data: str, host: str, port: int) -> None:
     serve_forever(data, host, port)
 
 
+@sandbox.command("odoo")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=8069, type=int)
+@click.option("--version", "odoo_version", default=17, type=click.Choice(["16", "17", "18", "19"]))
+def sandbox_odoo(data: str, host: str, port: int, odoo_version: str) -> None:
+    """The Odoo 16-19 fake (JSON-RPC / JSON-2)."""
+    from sync.sandbox.odoo import main as odoo_main
+    sys.exit(odoo_main([data, "--host", host, "--port", str(port), "--version", odoo_version]))
+
+
+@sandbox.command("tally")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=9000, type=int)
+def sandbox_tally(data: str, host: str, port: int) -> None:
+    """The TallyPrime XML-over-HTTP fake."""
+    from sync.sandbox.tally import main as tally_main
+    sys.exit(tally_main(["--data", data, "--host", host, "--port", str(port)]))
+
+
 @sandbox.command("demo-data")
 @click.option("--out", default="./feesync-demo-data", type=click.Path(file_okay=False))
 def sandbox_demo_data(out: str) -> None:
