@@ -56,6 +56,14 @@ ALREADY_DONE = {"cancel_plan": {"plan_cancelled"}, "waive_installment": set()}
 DECIDED = ("pushed", "skipped", "conflict", "held")
 # after these answers a new key revision would risk recording money twice (rule 12): only a person acts
 NEVER_REVISE = {"idempotency_key_reused", "lms_conflict", "unexpected_status"}
+# conflicts that only a person closes: writing to the LMS never resolves them
+KEEP_OPEN = {"reversed_in_erp", "changed_after_sync", "plan_changed_in_erp"}
+CLOSED_BY_WRITE = {"unknown_student", "ambiguous_student", "no_active_plan", "ambiguous_plan", "currency_mismatch",
+                   "fractional_amount", "invalid_amount", "malformed_document", "unknown_payment_method", "overpayment",
+                   "plan_cancelled", "plan_completed", "installment_closed", "mapping_stale", "validation", "rejected",
+                   "plan_not_created", "unknown_batch", "no_plan_for_invoice", "unallocated_remainder",
+                   "schedule_mismatch", "key_collision", "internal_error", "amended_after_sync", "lms_conflict",
+                   "unexpected_status"}
 
 
 @dataclass
@@ -77,6 +85,12 @@ class RunResult:
                 "counts": dict(self.counts), "skipped": dict(self.skipped), "conflicts": dict(self.conflicts),
                 "cursor": self.cursor.to_json() if self.cursor else None, "error": self.error,
                 "seconds": round(self.seconds, 3)}
+
+
+class _NeedsPerson(Exception):  # noqa: N818 - control flow inside _push
+    def __init__(self, kind: str, write: dict[str, Any]) -> None:
+        super().__init__(kind)
+        self.kind, self.write = kind, write
 
 
 class _Ctx:
@@ -404,7 +418,7 @@ class Engine:
         with self.store.tx() as conn:
             doc = self.store.document(conn, run.source, event.doc_id)
             done = [w for w in self.store.writes_for(conn, run.source, event.doc_id) if w["status"] in ("done", "intent")]
-        if doc is not None and doc["status"] in ("pushed", "pending") and done:
+        if done:   # any write done or in flight: money may be in the LMS, whatever the document's status
             receipts = ", ".join(w["receipt_number"] or f"(key {w['idem_key']}, outcome unknown)" for w in done)
             exc = ConflictError("reversed_in_erp", f"cancelled in the ERP after it was pushed; reverse LMS "
                                 f"receipt {receipts} by hand, then resolve", definitive=False)
@@ -423,6 +437,14 @@ class Engine:
             prior = self.store.writes_for(conn, run.source, event.doc_id)
         if doc is not None and doc["status"] == "pushed":
             return self._pushed_seen_again(run, event, doc, prior, "changed_after_sync")
+        with self.store.tx() as conn:
+            blocking = [c["kind"] for c in self.store.open_conflicts_for(conn, run.source, event.doc_id)
+                        if c["kind"] in KEEP_OPEN]
+        if blocking:
+            # cancelled or changed in the ERP while (or after) money went to the LMS: a person decides (rule 14)
+            run.result.counts["awaiting_person"] += 1
+            self._decided(run, event)
+            return "conflict"
         if doc is not None and doc["status"] == "conflict" and not retry and any(
                 w["status"] == "conflict" for w in prior):
             # The LMS definitively refused it; a re-send needs a person or a mapping change (rule 12).
@@ -437,18 +459,29 @@ class Engine:
             held = self._hold_amendment(run, event)
             if held:
                 return held
-        intents = [w for w in prior if w["status"] == "intent"]
         try:
-            if intents:
-                planned = [self._planned_from_row(w) for w in intents]   # rule 11: stored key and body
-            else:
-                with self.store.tx() as conn:
-                    planned = run.resolver.receipt_writes(conn, event)
+            with self.store.tx() as conn:
+                planned = run.resolver.receipt_writes(conn, event)
         except WaitForPlan as wait:
-            return self._wait(run, event, wait.invoice_id)
+            if not self._intents(prior):
+                return self._wait(run, event, wait.invoice_id)
+            planned = []
         except ConflictError as exc:
-            return self._conflict(run, event, exc)
-        return self._push(run, event, planned, prior)
+            if not self._intents(prior):
+                return self._conflict(run, event, exc)
+            planned = []
+        return self._push(run, event, self._with_stored_intents(planned, prior), prior)
+
+    @staticmethod
+    def _intents(prior: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [w for w in prior if w["status"] == "intent"]
+
+    def _with_stored_intents(self, planned: list[PlannedWrite], prior: list[dict[str, Any]]) -> list[PlannedWrite]:
+        """The writes to make now: those planned, plus every stored intent they do not cover. An intent is
+        re-sent with its stored key and body (rule 11) even if the document changed or no longer maps."""
+        keys = {p.base_key for p in planned}
+        extra = [self._planned_from_row(w) for w in self._intents(prior) if w["base_key"] not in keys]
+        return extra + planned
 
     def _planned_from_row(self, w: dict[str, Any]) -> PlannedWrite:
         return PlannedWrite(op=w["op"], base_key=w["base_key"], method=w["method"], path=w["path"],
@@ -468,45 +501,60 @@ class Engine:
         by_key: dict[str, list[dict[str, Any]]] = {}
         for w in prior:
             by_key.setdefault(w["base_key"], []).append(w)
-        answers: list[dict[str, Any]] = []
-        for i, pw in enumerate(planned):
-            rows = sorted(by_key.get(pw.base_key, []), key=lambda r: r["revision"])
-            latest = rows[-1] if rows else None
-            last = i == len(planned) - 1
-            if latest is not None and latest["status"] == "done":
-                answers.append(json.loads(latest["lms_response"] or "{}"))
+        # Phase 1: the intent of EVERY write of this document is committed before the first is sent, so a
+        # crash or an outage between two writes can never leave a later one unrecorded (rule 11).
+        steps: list[tuple[PlannedWrite, int | None, str, str, bool, bool]] = []
+        counted_ids: set[int] = set()
+        first_fresh = True
+        try:
+            with self.store.tx() as conn:
+                for pw in planned:
+                    rows = sorted(by_key.get(pw.base_key, []), key=lambda r: r["revision"])
+                    latest = rows[-1] if rows else None
+                    if latest is not None and latest["status"] == "done":
+                        steps.append((pw, None, latest["idem_key"], latest["body"], False, True))
+                        continue
+                    if latest is not None and latest["status"] == "conflict":
+                        kind = self._conflict_kind_of_write(latest["id"])
+                        if kind in NEVER_REVISE:
+                            raise _NeedsPerson(kind, latest)
+                    if latest is not None and latest["status"] == "intent":
+                        steps.append((pw, latest["id"], latest["idem_key"], latest["body"],
+                                      bool(latest["attempts"]), False))
+                        continue
+                    revision = 1 if latest is None else latest["revision"] + 1
+                    key = pw.base_key if revision == 1 else f"{pw.base_key}~{revision}"
+                    body_json = pw.body_json()
+                    if latest is not None:
+                        self.store.update_write(conn, latest["id"], status="superseded")
+                    counted = first_fresh and not steps   # sent right after this commit: count it now
+                    wid = self.store.insert_write(
+                        conn, source=run.source, institute=self.institute(run.source), doc_id=event.doc_id,
+                        op=pw.op, base_key=pw.base_key, revision=revision, idem_key=key, method=pw.method,
+                        path=pw.path, body=body_json, body_fingerprint=_fp(body_json), status="intent",
+                        attempts=1 if counted else 0, sent_at=utcnow().isoformat() if counted else None)
+                    first_fresh = False
+                    if counted:
+                        counted_ids.add(wid)
+                    steps.append((pw, wid, key, body_json, False, False))
+                doc = self.store.document(conn, run.source, event.doc_id)
+                if doc is None or doc["status"] not in ("pushed",):
+                    self._save_doc(conn, run.source, event, "pending", None)
+        except ConflictError as exc:   # the key is another source's: nothing was sent
+            return self._conflict(run, event, exc)
+        except _NeedsPerson as np:
+            return self._conflict(run, event, ConflictError(
+                np.kind, f"the LMS answered {np.write['last_error'] or np.kind} for key {np.write['idem_key']}; "
+                "a new key could record the money twice, so this needs a person", definitive=False), write=np.write)
+        # Phase 2: send them one by one; the last outcome decides the document.
+        for i, (pw, wid, key, body_json, uncertain, already) in enumerate(steps):
+            last = i == len(steps) - 1
+            if already:
                 if last:
                     self._finish(run, event, final_status)
                 continue
-            if latest is not None and latest["status"] == "conflict":
-                kind = self._conflict_kind_of_write(latest["id"])
-                if kind in NEVER_REVISE:
-                    return self._conflict(run, event, ConflictError(
-                        kind, f"the LMS answered {latest['last_error'] or kind} for key {latest['idem_key']}; "
-                        "a new key could record the money twice, so this needs a person", definitive=False),
-                        write=latest)
-            if latest is not None and latest["status"] == "intent":
-                wid, key, body_json = latest["id"], latest["idem_key"], latest["body"]
-            else:
-                revision = 1 if latest is None else latest["revision"] + 1
-                key = pw.base_key if revision == 1 else f"{pw.base_key}~{revision}"
-                body_json = pw.body_json()
-                try:
-                    with self.store.tx() as conn:
-                        if latest is not None:
-                            self.store.update_write(conn, latest["id"], status="superseded")
-                        doc = self.store.document(conn, run.source, event.doc_id)
-                        if doc is None or doc["status"] not in ("pushed",):
-                            self._save_doc(conn, run.source, event, "pending", None)
-                        wid = self.store.insert_write(
-                            conn, source=run.source, institute=self.institute(run.source), doc_id=event.doc_id,
-                            op=pw.op, base_key=pw.base_key, revision=revision, idem_key=key, method=pw.method,
-                            path=pw.path, body=body_json, body_fingerprint=_fp(body_json), status="intent",
-                            attempts=1, sent_at=utcnow().isoformat())   # counted here: one commit fewer
-                except ConflictError as exc:   # the key is another source's: nothing was sent
-                    return self._conflict(run, event, exc)
-            uncertain = latest is not None and latest["status"] == "intent"
-            counted = not uncertain   # a fresh intent already counts its first attempt
+            assert wid is not None
+            counted = wid in counted_ids
             try:
                 payload, replayed = self._send(run, event, pw, wid, key, body_json, uncertain=uncertain,
                                                counted=counted)
@@ -525,7 +573,6 @@ class Engine:
                 with self.store.tx() as conn:
                     self.store.update_write(conn, wid, last_error=redact(str(exc))[:500])
                 raise
-            answers.append(payload)
             with self.store.tx() as conn:
                 self.store.update_write(conn, wid, status="done", lms_id=str(payload.get("id", "")) or None,
                                         receipt_number=payload.get(C.PAY_RECEIPT_NUMBER),
@@ -547,8 +594,19 @@ class Engine:
 
     def _finish(self, run: _Run, event: FeeEvent, status: str, conn: Connection | None = None) -> None:
         def go(c: Connection) -> None:
+            nonlocal status
+            latest: dict[str, dict[str, Any]] = {}
+            for w in self.store.writes_for(c, run.source, event.doc_id):
+                if w["status"] != "superseded":
+                    latest[w["base_key"]] = w
+            if status == "pushed" and any(w["status"] == "conflict" for w in latest.values()):
+                status = "conflict"   # another write of this document stands refused: its conflict stays open
+                self.store.upsert_document(c, run.source, event.doc_id, version=event.version, status=status)
+                self._commit_cursor(c, run, event)
+                return
             self._save_doc(c, run.source, event, status, None)
-            self.store.close_conflicts(c, run.source, event.doc_id, note="written to the LMS")
+            self.store.close_conflicts(c, run.source, event.doc_id, note="written to the LMS",
+                                       kinds=CLOSED_BY_WRITE)
             self._commit_cursor(c, run, event)
         self._decided(run, event)
         if conn is not None:
@@ -621,19 +679,32 @@ class Engine:
         return self._conflict(run, event, exc, receipt=refs, keep_status=True)
 
     def _hold_amendment(self, run: _Run, event: PaymentReceived) -> str | None:
-        """An amendment of a pushed receipt waits until a person resolved the original's reversal."""
+        """An amendment waits while any ancestor in its amended_from chain holds money in the LMS (written or in
+        flight) that nobody has resolved yet: its reversal conflict is open, or its outcome is still unknown."""
+        ancestor = event.amended_from
+        seen: set[str] = set()
         with self.store.tx() as conn:
-            original = self.store.document(conn, run.source, event.amended_from or "")
-            if original is None or original["status"] != "pushed":
+            while ancestor and ancestor not in seen:
+                seen.add(ancestor)
+                doc = self.store.document(conn, run.source, ancestor)
+                if doc is None:
+                    return None
+                ws = [w for w in self.store.writes_for(conn, run.source, ancestor) if w["status"] in ("done", "intent")]
+                if ws:
+                    open_orig = self.store.open_conflicts_for(conn, run.source, ancestor)
+                    unknown = any(w["status"] == "intent" for w in ws)
+                    if not open_orig and not unknown:
+                        return None   # the ancestor's reversal was resolved by a person: push the amendment
+                    receipts = ", ".join(w["receipt_number"] or f"(key {w['idem_key']}, outcome unknown)" for w in ws)
+                    break
+                try:
+                    ancestor = json.loads(doc["summary"]).get("amended_from")
+                except (TypeError, ValueError):
+                    return None
+            else:
                 return None
-            open_orig = self.store.open_conflicts_for(conn, run.source, event.amended_from or "")
-            orig_writes = self.store.writes_for(conn, run.source, event.amended_from or "")
-        if not open_orig:
-            return None   # the original was resolved (or never conflicted): push the amendment
-        receipts = ", ".join(w["receipt_number"] or "?" for w in orig_writes if w["status"] == "done")
-        exc = ConflictError("amended_after_sync", f"amends {event.amended_from}, which was pushed as LMS receipt "
-                            f"{receipts}; resolve the original's conflict first, then this is pushed",
-                            definitive=False)
+        exc = ConflictError("amended_after_sync", f"amends {event.amended_from}; {ancestor} was written to the LMS "
+                            f"as {receipts}; resolve that reversal first, then this is pushed", definitive=False)
         self._conflict(run, event, exc, status="held")
         return "held"
 
@@ -647,9 +718,11 @@ class Engine:
             event = from_summary(doc["event_kind"], json.loads(doc["summary"]))
             if not isinstance(event, PaymentReceived):
                 continue
+            probe = RunResult(source=source, run_id=run_id, mode="probe")
+            if self._hold_amendment(_Run(source, self.settings.sources[source], resolver, probe, run_id, True, None,
+                                         None, None, False), event):
+                continue   # still waiting (a dry probe: nothing written)
             with self.store.tx() as conn:
-                if self.store.open_conflicts_for(conn, source, event.amended_from or ""):
-                    continue
                 self.store.close_conflicts(conn, source, event.doc_id, kinds={"amended_after_sync"},
                                            note="original resolved; amendment released")
                 self.store.upsert_document(conn, source, event.doc_id, status="pending")
@@ -706,10 +779,9 @@ class Engine:
             run.result.counts["still_in_conflict"] += 1
             self._decided(run, event)
             return "conflict"
-        intents = [w for w in prior if w["status"] == "intent"]
         try:
-            if intents:
-                planned = [self._planned_from_row(w) for w in intents]
+            if self._intents(prior):
+                planned = [self._planned_from_row(w) for w in self._intents(prior)]   # one plan per invoice
             else:
                 with self.store.tx() as conn:
                     planned = [run.resolver.plan_write(conn, event)]
@@ -747,11 +819,10 @@ class Engine:
                                                                  and not retry and prior):
             return self._pushed_seen_again(run, event, doc, prior, "changed_after_sync") \
                 if doc["status"] == "pushed" else "conflict"
-        intents = [w for w in prior if w["status"] == "intent"]
         remainder = Decimal(0)
         try:
-            if intents:
-                planned = [self._planned_from_row(w) for w in intents]
+            if self._intents(prior):   # the waivers were chosen before: send exactly those (rule 11)
+                planned = [self._planned_from_row(w) for w in self._intents(prior)]
             else:
                 with self.store.tx() as conn:
                     planned, remainder = run.resolver.waive_writes(conn, event)
@@ -782,9 +853,10 @@ class Engine:
         event = from_summary(doc["event_kind"], json.loads(doc["summary"]))
         result = RunResult(source=source, run_id=uuid.uuid4().hex[:12], mode="retry")
         if doc["status"] == "held" and isinstance(event, PaymentReceived):
-            with self.store.tx() as conn:
-                if self.store.open_conflicts_for(conn, source, event.amended_from or ""):
-                    return "held"
+            probe = RunResult(source=source, run_id=result.run_id, mode="probe")
+            if self._hold_amendment(_Run(source, self.settings.sources[source], resolver, probe, result.run_id, True,
+                                         None, None, None, False), event):
+                return "held"
         run = _Run(source, self.settings.sources[source], resolver, result, result.run_id, False, None, None, None,
                    False)
         return self._handle(run, event, retry=True)

@@ -47,11 +47,25 @@ def _captured_singles() -> dict[str, tuple[int, bytes]]:
     return out
 
 
-def _transport(list_capture: str, overrides: dict[str, tuple[int, bytes]] | None = None) -> httpx.MockTransport:
+def _transport(list_capture: str, overrides: dict[str, tuple[int, bytes]] | None = None,
+               only_captured: bool = True) -> httpx.MockTransport:
     singles = _captured_singles()
     not_found = fixture_path("err_unknown_doc_404.json").read_bytes()
     list_body = fixture_path(list_capture).read_bytes()
+    if only_captured:   # the captured rows whose single GET was captured too (the others would 404 here)
+        rows = json.loads(list_body)["data"]
+        rows = [r for r in rows if f"/api/resource/Payment Entry/{r['name']}" in singles]
+        list_body = json.dumps({"data": rows}).encode()
     date_header = {"Date": "Thu, 03 Dec 2026 18:30:01 GMT", "Content-Type": "application/json"}
+
+    # ACC-SINV-2026-00003 (paid by the amendment 00003-1) has no captured single GET; its payment schedule
+    # rows are in the captured child-table list, so serve a document made of exactly those rows.
+    schedule = [r for r in json.loads(fixture_path("si_list_child_payment_schedule.json").read_text())["data"]
+                if r["name"] == "ACC-SINV-2026-00003"]
+    schedule.sort(key=lambda r: r["due_date"])
+    singles.setdefault("/api/resource/Sales Invoice/ACC-SINV-2026-00003", (200, json.dumps({"data": {
+        "name": "ACC-SINV-2026-00003", "docstatus": 1, "payment_schedule": [
+            {k: v for k, v in r.items() if k != "name"} for r in schedule]}}).encode()))
 
     def handler(request: httpx.Request) -> httpx.Response:
         path = unquote(request.url.path)
@@ -121,9 +135,13 @@ def test_reference_without_payment_term_has_no_installment(events):
     assert [r.installment_index for r in ev.references] == [None]
 
 
-def test_documents_without_a_capture_become_skipped_not_invented(events):
-    """Names with no captured single GET answer 404 (as a deleted document would) and are left out."""
-    assert "ACC-PAY-2026-00010" not in events
+def test_a_listed_receipt_whose_get_answers_404_defers_the_run():
+    """A submitted receipt cannot be deleted in Frappe: a 404 after listing is passing, so the run defers
+    (the cursor stays before it) instead of dropping the receipt."""
+    from sync.errors import DeferredError
+    conn = _connector(_transport("pe_list_all_limit0.json", only_captured=False))
+    with pytest.raises(DeferredError, match="ACC-PAY-2026-00005 was listed but its GET answered 404"):
+        list(conn.fetch(None, _NoLedger()))
 
 
 def test_known_version_is_unchanged_without_a_get():

@@ -94,7 +94,9 @@ class FrappeHTTP:
         if status == 404:
             raise LookupError(msg or "not found")
         # MariaDB "server has gone away" (2006) / "lost connection" (2013) are the database blinking, not our query
-        db_blip = "OperationalError" in msg and any(code in msg for code in ("(2006", "(2013", "(1205", "(1213"))
+        detail = " ".join(str(body.get(k, "")) for k in ("exception", "exc")) if isinstance(body, dict) else ""
+        db_blip = "OperationalError" in msg + detail and any(
+            code in msg + detail for code in ("(2006", "(2013", "(1205", "(1213"))
         if status >= 500 and (db_blip or ("OperationalError" not in msg and "JSONDecodeError" not in msg)):
             raise TransientError(f"ERP server error {status}: {msg}", status=status)
         raise SourceError(f"ERP rejected {method} {path} ({status}): {msg}", status=status)

@@ -17,7 +17,7 @@ import heapq
 import json
 import threading
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.erpnext._http import FrappeHTTP
 from sync.connector import SourceContext
-from sync.errors import ConflictError, SourceError
+from sync.errors import ConflictError, DeferredError, SourceError
 from sync.events import (
     CreditNoteIssued, FeeEvent, Malformed, PaymentCancelled, PaymentReceived, PlanCancelled, PlanIssued, Position,
     Reference, ScheduleRow, Unchanged,
@@ -139,8 +139,16 @@ class ERPNextConnector:
                 yield event
 
     def _rows(self, doctype: str, since: Position | None, until: datetime | None) -> Iterator[tuple[Position, str, dict]]:
-        """One doctype's rows, keyset-paged until a short page, with their parsed positions."""
-        after = since
+        """One doctype's rows, keyset-paged until a short page, with their parsed positions.
+
+        Pages continue from the last row's own naive `modified` text and name, i.e. in the server's
+        ordering: around a DST fall-back naive local time repeats an hour, and converting a UTC
+        position back to naive time would skip rows of the repeated hour. The first page starts
+        one DST shift earlier for zones that observe DST, for the same reason."""
+        start: tuple[str, str] | None = None
+        if since is not None:
+            start = (format_naive_local(since.changed_at - self._dst_margin(since.changed_at), self.tz), since.doc_id)
+        after = start
         while True:
             try:
                 body = self.http.get(_resource(doctype), self._list_params(after, until, doctype=doctype))
@@ -152,27 +160,39 @@ class ERPNextConnector:
             for row in rows:
                 if not isinstance(row, dict) or not isinstance(row.get("name"), str):
                     continue
+                raw = row.get("modified")
+                if not isinstance(raw, str):
+                    continue
+                after = (raw, row["name"])
                 try:
-                    pos = Position(parse_naive_local(str(row.get("modified", "")), self.tz), row["name"])
+                    pos = Position(parse_naive_local(raw, self.tz), row["name"])
                 except ValueError:
                     continue   # cannot be placed on the cursor
-                after = pos
                 yield pos, doctype, row
             if len(rows) < self.settings.page_size:
                 return
 
+    def _dst_margin(self, moment: datetime) -> timedelta:
+        """How far naive local time can run backwards in this zone (0 where there is no DST)."""
+        year = moment.year
+        offsets = {datetime(year, m, 1, tzinfo=self.tz).utcoffset() for m in (1, 4, 7, 10)}
+        offsets.discard(None)
+        if len(offsets) <= 1:
+            return timedelta(0)
+        return max(offsets) - min(offsets)   # type: ignore[operator]
+
     # --- listing -----------------------------------------------------------------------------
-    def _list_params(self, after: Position | None, until: datetime | None, limit: int | None = None,
+    def _list_params(self, after: tuple[str, str] | None, until: datetime | None, limit: int | None = None,
                      doctype: str = PE) -> dict[str, str]:
         filters: list[list[Any]] = [["docstatus", "in", [1, 2]]]
         if doctype == PE:
             filters += [["payment_type", "=", "Receive"], ["party_type", "=", "Customer"]]
         or_filters: list[list[Any]] = []
         if after is not None:
-            m = format_naive_local(after.changed_at, self.tz)
+            m, name = after
             filters.append(["modified", ">=", m])
-            if after.doc_id:
-                or_filters = [["modified", ">", m], ["name", ">", after.doc_id]]
+            if name:
+                or_filters = [["modified", ">", m], ["name", ">", name]]
         if until is not None:
             filters.append(["modified", "<", format_naive_local(until, self.tz)])
         params = {
@@ -204,7 +224,10 @@ class ERPNextConnector:
         try:
             doc = self.http.get(_resource(PE, name)).get("data")
         except LookupError:
-            return None   # deleted between list and GET; the reconcile pass reports deletions
+            if docstatus == 2:   # a cancelled entry may be deleted (submitted ones cannot): still a cancellation
+                return PaymentCancelled(doc_id=name, position=pos, version=version)
+            raise DeferredError(f"Payment Entry {name} was listed but its GET answered 404; it is read again next "
+                                "cycle (the cursor stays before it)") from None
         if not isinstance(doc, dict):
             return Malformed(doc_id=name, position=pos, version=version, problem="single GET returned no document")
         try:
@@ -267,6 +290,9 @@ class ERPNextConnector:
         plan_id = None
         if doctype == "Sales Invoice" and isinstance(inv_name, str):
             inv = self._invoice(inv_name)
+            if inv is None:   # a submitted receipt's invoice cannot be deleted: the 404 is passing
+                raise DeferredError(f"Sales Invoice {inv_name} (referenced by a receipt) answered 404; retried next "
+                                    "cycle")
             if inv is not None:
                 plan_id = inv.get(self.settings.plan_id_field) or None
                 if term:
@@ -292,7 +318,10 @@ class ERPNextConnector:
         self._invoices.pop(name, None)
         doc = self._invoice(name)
         if doc is None:
-            return None
+            if docstatus == 2:
+                return PlanCancelled(doc_id=name, position=pos, version=version)
+            raise DeferredError(f"Sales Invoice {name} was listed but its GET answered 404; it is read again next "
+                                "cycle (the cursor stays before it)")
         try:
             return self._normalise_invoice(doc, pos, version)
         except ConflictError as exc:
