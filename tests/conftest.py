@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("FEESYNC_FIXTURES", ROOT.parent / "shared" / "fixtures" / "erpnext-real"))
+# The 112 real ERPNext 15 answers, kept byte-for-byte in the repository (copied from the project's shared
+# reference material, whose README explains each capture); FEESYNC_FIXTURES points at another copy.
+FIXTURES = Path(os.environ.get("FEESYNC_FIXTURES", ROOT / "tests" / "fixtures" / "erpnext-real"))
 
 
 def fixture_path(name: str) -> Path:

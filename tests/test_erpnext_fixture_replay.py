@@ -31,7 +31,7 @@ from sync.sandbox.erpnext import ERPNextFake
 def _fixtures_dir() -> Path:
     env = os.environ.get("FEESYNC_FIXTURES")
     return (
-        Path(env) if env else Path(__file__).resolve().parents[2] / "shared/fixtures/erpnext-real"
+        Path(env) if env else Path(__file__).resolve().parent / "fixtures" / "erpnext-real"
     )
 
 
