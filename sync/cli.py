@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -29,11 +30,18 @@ def _emit(data: Any, as_json: bool, render: Any) -> None:
         render(data)
 
 
-def _settings(ctx: click.Context) -> Settings:
+def _settings(ctx: click.Context, *, secrets: bool = True) -> Settings:
+    """The configuration; `secrets=False` for commands that only read the state store (no LMS key needed)."""
+    from sync.config import require_secrets
     obj = ctx.ensure_object(dict)
     if "settings" not in obj:
-        obj["settings"] = load_settings(obj.get("config"))
+        if not obj.get("config") and not os.environ.get("FEESYNC_CONFIG"):
+            err_console.print("note: no configuration file given (feesync --config FILE ... or FEESYNC_CONFIG); "
+                              "using defaults and the environment", highlight=False)
+        obj["settings"] = load_settings(obj.get("config"), secrets=False)
         logs.configure(obj["settings"].log_format, obj["settings"].log_level)
+    if secrets:
+        require_secrets(obj["settings"])
     return obj["settings"]
 
 
@@ -179,11 +187,11 @@ def _render_runs(results: list[Any], dry_run: bool) -> None:
             console.print("  conflicts: " + ", ".join(f"{k} {v}" for k, v in sorted(r.conflicts.items())),
                           highlight=False)
         if dry_run and r.planned:
-            t = Table("doc", "op", "target", "key", "body", title="writes a real run would make")
-            for w in r.planned:
-                t.add_row(w["doc_id"], w["op"], f"{w['method']} {w['path']}", w["key"],
-                          json.dumps(w["body"], sort_keys=True))
-            console.print(t)
+            console.print(f"  writes a real run would make: {len(r.planned)}", highlight=False)
+            for w in r.planned:   # one block per write: readable on an 80-column terminal, greppable
+                console.print(f"  {w['op']} {w['method']} {w['path']}", highlight=False, soft_wrap=True)
+                console.print(f"    doc {w['doc_id']}  key {w['key']}", highlight=False, soft_wrap=True)
+                console.print(f"    body {json.dumps(w['body'], sort_keys=True)}", highlight=False, soft_wrap=True)
 
 
 # --- status and conflicts ------------------------------------------------------------------------------
@@ -193,7 +201,7 @@ def _render_runs(results: list[Any], dry_run: bool) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Per source: cursor and its lag, last run, last success, document counts, open conflicts."""
     from sync import ops
-    settings = _settings(ctx)
+    settings = _settings(ctx, secrets=False)
     store = _store(ctx)
     try:
         data = ops.status(store, list(settings.sources), settings=settings)
@@ -226,7 +234,7 @@ def conflicts() -> None:
 
 def _store(ctx: click.Context) -> Any:
     from sync.state import Store
-    return Store.open(_settings(ctx.find_root()).state_target(), create=False)
+    return Store.open(_settings(ctx.find_root(), secrets=False).state_target(), create=False)
 
 
 def _filter_options(f: Any) -> Any:
@@ -266,23 +274,27 @@ def _conflict_table(rows: list[dict[str, Any]], *, show_status: bool = False) ->
     width = console.width
     with_source = width >= 110 or len({r["source"] for r in rows}) > 1
     with_detail = width >= 120
+    with_customer = width >= 100
+    id_width = max([len(str(r["id"])) for r in rows] + [2])
     t = Table(box=None, header_style="bold", pad_edge=False)
-    t.add_column("id", justify="right", no_wrap=True)
+    t.add_column("id", justify="right", no_wrap=True, min_width=id_width)   # never cut: `show ID` needs it
     if show_status:
         t.add_column("status", no_wrap=True)
     t.add_column("kind", no_wrap=True, overflow="ellipsis", max_width=22)
     if with_source:
         t.add_column("source", no_wrap=True, overflow="ellipsis", max_width=14)
     t.add_column("document", no_wrap=True, overflow="ellipsis", max_width=20)
-    t.add_column("customer", no_wrap=True, overflow="ellipsis", max_width=18)
-    t.add_column("amount", justify="right", no_wrap=True)
-    t.add_column("age", justify="right", no_wrap=True)
+    if with_customer:
+        t.add_column("customer", no_wrap=True, overflow="ellipsis", max_width=18)
+    t.add_column("amount", justify="right", no_wrap=True, min_width=8)
+    t.add_column("age", justify="right", no_wrap=True, min_width=3)
     if with_detail:
         t.add_column("detail", no_wrap=True, overflow="ellipsis", max_width=max(20, width - 110))
     for c in rows:
         cells = [str(c["id"])] + ([c["status"]] if show_status else []) + [c["kind"]] + (
             [c["source"]] if with_source else []) + [
-            c["doc_id"], c["customer"] or "-", ops.money_display(c["amount"], c["currency"]), c["age"]] + (
+            c["doc_id"]] + ([c["customer"] or "-"] if with_customer else []) + [
+            ops.money_display(c["amount"], c["currency"]), c["age"]] + (
             [c["detail"]] if with_detail else [])
         t.add_row(*cells)
     return t
@@ -327,7 +339,7 @@ def conflicts_list(ctx: click.Context, status_: str, kinds: tuple[str, ...], sou
 def conflicts_show(ctx: click.Context, conflict_id: int, as_json: bool) -> None:
     """One conflict: the ERP document, what was sent, what the LMS said, and what to do next."""
     from sync import ops
-    settings = _settings(ctx.find_root())
+    settings = _settings(ctx.find_root(), secrets=False)
     store = _store(ctx)
     try:
         data = ops.show_conflict(store, conflict_id, settings=settings)
@@ -587,7 +599,7 @@ def conflicts_export(ctx: click.Context, fmt: str, out: str, status_: str, kinds
 def report(ctx: click.Context, out_dir: str | None, as_json: bool) -> None:
     """Write the HTML report (self-contained, prints well) and CSV files of the open conflicts."""
     from sync.report import write_report
-    settings = _settings(ctx)
+    settings = _settings(ctx, secrets=False)
     store = _store(ctx)
     try:
         result = write_report(store, settings, out_dir or settings.report_dir)
@@ -658,10 +670,11 @@ def check(ctx: click.Context, as_json: bool, liveness: bool = False) -> None:
     obj = ctx.ensure_object(dict)
     if liveness:
         _liveness(obj.get("config"), as_json)
+    from sync.config import missing_secrets
     try:
-        settings = load_settings(obj.get("config"))
+        settings = load_settings(obj.get("config"), secrets=False)
         logs.configure(settings.log_format, settings.log_level)
-        problems = ops.check(settings)
+        problems = missing_secrets(settings) + ops.check(settings)   # every problem, in one list
     except ConfigError as exc:
         problems = exc.problems
     data = {"ok": not problems, "problems": [logs.redact(p) for p in problems]}
@@ -681,7 +694,7 @@ def _liveness(config: str | None, as_json: bool) -> None:
     """`check --liveness` (sync/health.py): exit 0 when the daemon is alive and healthy, else 1 saying why."""
     from sync.health import liveness
     try:
-        settings = load_settings(config)
+        settings = load_settings(config, secrets=False)
         logs.configure(settings.log_format, settings.log_level)
         data = liveness(settings)
     except ConfigError as exc:
@@ -727,7 +740,7 @@ def _render_demo(s: dict[str, Any]) -> None:
     t.add_row("LMS requests sent", str(s["lms_requests"]))
     console.print(t)
     console.print(f"open conflicts: {s['open_conflicts']} - report: {s['report']}", highlight=False)
-    console.print(f"state store: {s['state']}  (run `feesync demo` again: it pushes 0)", highlight=False)
+    console.print(f"state store: {s['state']}  (run ./scripts/demo.sh again: it pushes 0)", highlight=False)
 
 
 @cli.group()
@@ -805,7 +818,7 @@ def state_schema() -> None:
 def state_upgrade(ctx: click.Context, as_json: bool) -> None:
     """Apply the state store's migrations (back it up first: feesync state backup FILE)."""
     from sync.state import Store
-    settings = _settings(ctx.find_root())
+    settings = _settings(ctx.find_root(), secrets=False)
     before, after = Store.upgrade(settings.state_target())
     _emit({"from": before, "to": after}, as_json,
           lambda d: console.print(f"state store at revision {d['to']} (was {d['from'] or 'new'})"))
@@ -817,7 +830,7 @@ def state_upgrade(ctx: click.Context, as_json: bool) -> None:
 def state_backup(ctx: click.Context, dest: str) -> None:
     """Take an online, consistent copy of the SQLite state store (the daemon may keep running)."""
     from sync.state import Store
-    settings = _settings(ctx.find_root())
+    settings = _settings(ctx.find_root(), secrets=False)
     store = Store.open(settings.state_target(), create=False)
     try:
         out = store.backup(dest)

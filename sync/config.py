@@ -328,8 +328,29 @@ def _format_validation(exc: ValidationError, prefix: str = "") -> list[str]:
     return problems
 
 
-def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Read the TOML file (if any) and the environment; raise ConfigError listing every problem."""
+def missing_secrets(settings: Settings) -> list[str]:
+    """The LMS keys that are not configured (commands that only read the state store do not need them)."""
+    problems = []
+    for inst_id, inst in settings.institutes.items():
+        if inst.lms.api_key is None:
+            where = "lms" if inst_id == "default" and inst.lms is settings.lms else f"institutes.{inst_id}.lms"
+            env = "FEESYNC_LMS__API_KEY" if where == "lms" else f"FEESYNC_INSTITUTES__{inst_id.upper()}__LMS__API_KEY"
+            problems.append(f"{where}.api_key: missing (set {env} or {where}.api_key_file)")
+    if not settings.institutes and settings.lms is not None and settings.lms.api_key is None:
+        problems.append("lms.api_key: missing (set FEESYNC_LMS__API_KEY or lms.api_key_file)")
+    return problems
+
+
+def require_secrets(settings: Settings) -> None:
+    problems = missing_secrets(settings)
+    if problems:
+        raise ConfigError(problems)
+
+
+def load_settings(path: str | Path | None = None, *, secrets: bool = True, **overrides: Any) -> Settings:
+    """Read the TOML file (if any) and the environment; raise ConfigError listing every problem.
+
+    `secrets=False` skips the check that the LMS keys are set (for commands that read only the state)."""
     path = path or os.environ.get("FEESYNC_CONFIG")
     toml_path: Path | None = None
     if path:
@@ -347,14 +368,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"config file {str(toml_path)!r}: {exc}") from None
     finally:
         Settings.toml_path = None
-    problems: list[str] = []
-    for inst_id, inst in settings.institutes.items():
-        if inst.lms.api_key is None:
-            where = "lms" if inst_id == "default" and inst.lms is settings.lms else f"institutes.{inst_id}.lms"
-            env = "FEESYNC_LMS__API_KEY" if where == "lms" else f"FEESYNC_INSTITUTES__{inst_id.upper()}__LMS__API_KEY"
-            problems.append(f"{where}.api_key: missing (set {env} or {where}.api_key_file)")
-    if not settings.institutes and settings.lms.api_key is None:
-        problems.append("lms.api_key: missing (set FEESYNC_LMS__API_KEY or lms.api_key_file)")
+    problems: list[str] = missing_secrets(settings) if secrets else []
     for name, src in settings.sources.items():
         if not src.interval and not src.cron:
             problems.append(f"sources.{name}: needs interval or cron")

@@ -627,6 +627,8 @@ def check(settings: Any) -> list[str]:
     except Exception as exc:  # noqa: BLE001
         problems.append(f"state: {exc}")
     for inst_id, inst in settings.institutes.items():
+        if inst.lms.api_key is None:
+            continue   # reported by config.missing_secrets
         lms = LmsClient(inst.lms, stop_event=stop)
         try:
             found = lms.probe()

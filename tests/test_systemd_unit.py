@@ -147,8 +147,8 @@ def test_every_secret_file_in_the_example_config_is_a_loaded_credential():
     """The example's *_file paths are /run/credentials/feesync.service/<name>, one per LoadCredential= and back."""
     config = tomllib.loads(EXAMPLE.read_text())
     used = dict(_file_settings(config))
-    assert set(used) == {"lms.api_key_file", "sources.erpnext-main.settings.api_key_file",
-                         "sources.erpnext-main.settings.api_secret_file"}
+    assert set(used) == {"lms.api_key_file", "sources.erpnext_main.settings.api_key_file",
+                         "sources.erpnext_main.settings.api_secret_file"}
     creds = dict(v.split(":", 1) for v in values("LoadCredential"))
     for where, path in used.items():
         assert path.startswith(CRED_DIR), where
@@ -175,7 +175,7 @@ def test_the_example_config_loads_with_secrets_read_from_credential_files(tmp_pa
     assert settings.lms.api_key.get_secret_value() == "zl_live_example_1"
     conns = build_connectors(settings, threading.Event())
     try:
-        assert set(conns) == {"erpnext-main"}
+        assert set(conns) == {"erpnext_main"}
     finally:
         for c in conns.values():
             c.close()
