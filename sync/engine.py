@@ -614,8 +614,8 @@ class Engine:
         else:
             with self.store.tx() as c:
                 go(c)
-        if status == "pushed":
-            run.result.counts["pushed" if isinstance(event, PaymentReceived) else f"{event.kind}_done"] += 1
+        if status == "pushed" and isinstance(event, PaymentReceived):
+            run.result.counts["pushed"] += 1   # receipts; plans, cancellations and waivers count as <op>_done
 
     def _send(self, run: _Run, event: FeeEvent, pw: PlannedWrite, wid: int, key: str, body_json: str, *,
               uncertain: bool, counted: bool = False) -> tuple[dict[str, Any], bool]:
