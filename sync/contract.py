@@ -122,6 +122,8 @@ INST_WAIVE_REASON: Final = "reason"
 
 # --- payment fields -----------------------------------------------------------------------
 PAY_ID: Final = "id"
+# every write (create plan, record payment, cancel, waive) answers with the object it wrote: no id, no success
+WRITE_RESULT_ID: Final = "id"
 PAY_FEE_PLAN_ID: Final = "fee_plan_id"
 PAY_STUDENT_ID: Final = "student_id"
 PAY_AMOUNT: Final = "amount"

@@ -46,21 +46,31 @@ def detail_text(body: Any) -> str:
         parts = []
         for item in detail[:10]:
             if isinstance(item, dict):
-                loc = ".".join(str(x) for x in item.get("loc", []) if x != "body")
-                parts.append(f"{loc}: {item.get('msg', '')}".strip(": "))
+                raw_loc = item.get("loc")
+                loc = ".".join(str(x) for x in raw_loc if x != "body") if isinstance(raw_loc, list) else (
+                    "" if raw_loc is None else str(raw_loc))
+                msg = item.get("msg")
+                parts.append(f"{loc}: {'' if msg is None else msg}".strip(": "))
             else:
                 parts.append(str(item))
         return redact("; ".join(parts)[:500])
     return redact(json.dumps(body, default=str)[:300])
 
 
-def classify(status: int, body: Any, retry_after: float | None = None) -> Any:
-    """Map one LMS answer to an outcome: return the body (done) or raise the error class that says what's next."""
+def classify(status: int, body: Any, retry_after: float | None = None, *, want_object: bool = False) -> Any:
+    """Map one LMS answer to an outcome: return the body (done) or raise the error class that says what's next.
+
+    A 2xx is done only when its body is JSON (for writes, `want_object`, the object written, with its id):
+    anything else is an answer we cannot read, so the outcome is unknown and the same request is retried
+    with the same key and body (rule 10)."""
     detail = detail_text(body)
     if 200 <= status < 300:
         if not isinstance(body, dict | list):
             raise TransientError(f"LMS answered {status} with a body that is not JSON; outcome unknown",
                                  status=status)
+        if want_object and (not isinstance(body, dict) or body.get(C.WRITE_RESULT_ID) is None):
+            raise TransientError(f"LMS answered {status} to a write without the object it wrote (no "
+                                 f"{C.WRITE_RESULT_ID!r}); outcome unknown", status=status)
         return body
     if status in (401, 403):
         raise StopSource(f"LMS refused the API key ({status}): {detail or 'no detail'}", status=status)
@@ -86,6 +96,22 @@ def classify(status: int, body: Any, retry_after: float | None = None) -> Any:
     if 400 <= status < 500:
         raise ConflictError("unexpected_status", f"LMS answered {status}: {detail}", status=status, response=body)
     raise TransientError(f"LMS answered unexpected status {status}", status=status)
+
+
+def _is_json_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _parse_body(raw: bytes, content_type: str) -> Any:
+    """The answer's JSON, or None when it is empty, too large, not labelled JSON, or does not parse
+    (a body labelled text/html that happens to hold JSON is a proxy's page, not the LMS's answer)."""
+    if not raw or len(raw) > MAX_BODY_BYTES or not _is_json_type(content_type):
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):   # RecursionError: absurdly nested JSON
+        return None
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -166,20 +192,14 @@ class LmsClient:
             raise TransientError(f"LMS {method} {path}: {type(exc).__name__} ({redact(str(exc))[:120]})") from None
         with self._lock:
             self.requests[str(resp.status_code)] += 1
-        body: Any
-        if len(raw) > MAX_BODY_BYTES:
-            body = None
-        else:
-            try:
-                body = json.loads(raw) if raw else None
-            except (ValueError, UnicodeDecodeError):
-                body = None
+        content_type = resp.headers.get("content-type", "")
+        body = _parse_body(raw, content_type)
         if body is None and raw and resp.status_code < 500:
-            body = {"detail": f"non-JSON answer ({resp.headers.get('content-type', '?')}, {len(raw)} bytes)"}
+            body = {"detail": f"non-JSON answer ({redact(content_type[:60]) or '?'}, {len(raw)} bytes)"}
             if 200 <= resp.status_code < 300:
                 body = None   # a 2xx we cannot read: outcome unknown
         retry_after = _parse_retry_after(resp.headers.get(C.HDR_RETRY_AFTER))
-        result = classify(resp.status_code, body, retry_after)
+        result = classify(resp.status_code, body, retry_after, want_object=method != "GET")
         replayed = resp.headers.get(C.HDR_REPLAYED, "").lower() == "true"
         return Answer(resp.status_code, result, replayed)
 
@@ -245,9 +265,10 @@ class LmsClient:
             try:
                 self._send_once("GET", path, params={C.Q_PAGE: 1, C.Q_PER_PAGE: 1})
             except StopSource as exc:
-                problems.append(f"lms: {op} refused: {exc} (needs scope {C.OPERATION_SCOPES[op]})")
                 if exc.status == 401:
+                    problems.append(f"lms: the API key was refused: {exc}")
                     break
+                problems.append(f"lms: {op} refused: {exc} (needs scope {C.OPERATION_SCOPES[op]})")
             except (TransientError, ConflictError) as exc:
                 problems.append(f"lms: {op} failed: {exc}")
                 break
