@@ -14,6 +14,9 @@ from decimal import Decimal
 from typing import Any
 
 
+MAX_DOC_ID = 255   # longer ERP document ids are malformed: each becomes an LMS payment's notes and its key
+
+
 def _canonical(value: Any) -> str:
     if isinstance(value, Decimal):
         return format(value.normalize(), "f")

@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 from sync import contract as C
 from sync.config import MappingSettings
 from sync.errors import ConflictError
-from sync.events import CreditNoteIssued, PaymentReceived, PlanCancelled, PlanIssued
+from sync.events import MAX_DOC_ID, CreditNoteIssued, PaymentReceived, PlanCancelled, PlanIssued
 from sync.lms import LmsClient
 from sync.money import to_lms_amount
 from sync.state import Store
@@ -174,7 +174,8 @@ class Resolver:
     def plan_for_invoice(self, conn: Connection, invoice_id: str | None, lms_plan_id: str | None) -> str | None:
         if lms_plan_id:
             if not re.match(C.LMS_ID_PATTERN, lms_plan_id):
-                raise ConflictError("malformed_document", f"invoice {invoice_id} names LMS plan {lms_plan_id[:40]!r}, "
+                who = f"invoice {invoice_id}" if invoice_id else "the document"
+                raise ConflictError("malformed_document", f"{who} names LMS plan {lms_plan_id[:40]!r}, "
                                     "which is not an LMS plan id", definitive=False)
             return lms_plan_id
         if not invoice_id:
@@ -195,6 +196,9 @@ class Resolver:
 
     def receipt_writes(self, conn: Connection, ev: PaymentReceived) -> list[PlannedWrite]:
         """The LMS payments for one receipt: one per referenced plan/installment, deterministic."""
+        if len(ev.doc_id) > MAX_DOC_ID:
+            raise ConflictError("malformed_document", f"document id is {len(ev.doc_id)} characters long; at most "
+                                f"{MAX_DOC_ID} (it becomes the LMS payment's notes and key)", definitive=False)
         method = self.payment_method(ev.method)
         targets: dict[tuple[str, int | None], Decimal] = {}
         labels: dict[tuple[str, int | None], str] = {}

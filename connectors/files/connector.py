@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -25,9 +26,10 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from sync.connector import SourceContext
+from sync.contract import LMS_ID_PATTERN
 from sync.errors import ConflictError, SourceError
 from sync.events import (
-    FeeEvent, Malformed, PaymentCancelled, PaymentReceived, Position, Reference, Unchanged,
+    MAX_DOC_ID, FeeEvent, Malformed, PaymentCancelled, PaymentReceived, Position, Reference, Unchanged,
 )
 from sync.money import to_decimal
 
@@ -90,14 +92,27 @@ class FileConnector:
                             problem=f"file {path.name} is not {self.settings.encoding}: {exc.reason}",
                             location=path.name)
             return
-        reader = csv.DictReader(io.StringIO(text), delimiter=self.settings.delimiter)
-        header = [h.strip() for h in (reader.fieldnames or [])]
+        # newline="": the csv module sees the file's own line ends (\r\n, \n, or Excel's old-Mac bare \r)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=self.settings.delimiter)
+        try:
+            header = [h.strip() for h in (reader.fieldnames or [])]
+        except csv.Error as exc:
+            yield self._unreadable(path, mtime, digest, 1, exc)
+            return
         missing = [c for c in REQUIRED if c not in header]
         if missing:
             yield Malformed(doc_id=path.name, position=Position(mtime, path.name), version=digest,
                             problem=f"file {path.name}: header lacks {', '.join(missing)}", location=path.name)
             return
-        for line_no, raw in enumerate(reader, start=2):
+        rows = enumerate(reader, start=2)
+        while True:
+            try:
+                line_no, raw = next(rows)
+            except StopIteration:
+                return
+            except csv.Error as exc:   # e.g. a cell past the csv module's field limit: the rest is unreadable
+                yield self._unreadable(path, mtime, digest, reader.line_num, exc)
+                return
             row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if isinstance(v, str) or v is None}
             doc_id = row.get("document_id") or f"{path.name}:{line_no}"
             version = hashlib.sha256(repr(sorted(row.items())).encode()).hexdigest()[:24]
@@ -114,10 +129,20 @@ class FileConnector:
                 yield Malformed(doc_id=doc_id, position=pos, version=version,
                                 problem=f"{path.name} row {line_no}: {exc.detail}", location=f"{path.name}:{line_no}")
 
+    @staticmethod
+    def _unreadable(path: Path, mtime: datetime, digest: str, line: int, exc: csv.Error) -> Malformed:
+        """The whole file as one conflict: rows before `line` were handed over, the rest cannot be read."""
+        return Malformed(doc_id=path.name, position=Position(mtime, path.name), version=digest,
+                         problem=f"file {path.name} cannot be read as CSV from line {line} on: {exc}; "
+                                 "rows before it were read, fix the file and drop it again", location=path.name)
+
     def _event(self, row: dict[str, str], doc_id: str, pos: Position, version: str) -> PaymentReceived:
         for col in REQUIRED:
             if not row.get(col):
                 raise ConflictError("malformed_document", f"{col} is empty", definitive=False)
+        if len(doc_id) > MAX_DOC_ID:
+            raise ConflictError("malformed_document", f"document_id is {len(doc_id)} characters long; at most "
+                                f"{MAX_DOC_ID} (it becomes the LMS payment's notes and key)", definitive=False)
         try:
             day = date.fromisoformat(row["date"])
         except ValueError:
@@ -133,6 +158,9 @@ class FileConnector:
         refs: tuple[Reference, ...] = ()
         invoice = row.get("invoice") or ""
         if invoice.startswith("plan:"):
+            if not re.fullmatch(LMS_ID_PATTERN, invoice[5:]):
+                raise ConflictError("malformed_document", f"invoice {invoice[:40]!r}: `plan:` must be followed by "
+                                    "an LMS plan id", definitive=False)
             refs = (Reference(invoice_id=None, amount=amount, lms_plan_id=invoice[5:]),)
         elif invoice:
             refs = (Reference(invoice_id=invoice, amount=amount),)
