@@ -1,10 +1,5 @@
 #!/usr/bin/env bash
 # Set up (idempotent) and run the demo: both sandboxes with bundled data, one real sync, a summary.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+. "$(dirname "$0")/_setup.sh"
 exec .venv/bin/feesync demo "$@"
