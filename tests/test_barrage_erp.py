@@ -39,11 +39,11 @@ from sync.config import DEFAULT_PAYMENT_METHODS, Settings
 from sync.engine import Engine
 from sync.lms import LmsClient
 from sync.sandbox import _lms_validate as V
-from sync.sandbox._lms_state import PAYMENT_FIELDS, ApiError
+from sync.sandbox._lms_state import PAYMENT_FIELDS
 from sync.sandbox.erpnext import ERPNextFake
 from sync.sandbox.lms import LmsSandbox
 from sync.state import Store, conflicts, documents
-from tests import scenario
+from tests import barrage, scenario
 
 PE = "Payment Entry"
 INVOICE = "ACC-SINV-2026-00001"     # carries custom_zensbot_fee_plan_id 5000 (scenario.build)
@@ -399,32 +399,14 @@ def test_generated_erpnext_documents_in_process_never_crash_lose_or_send_malform
 @pytest.fixture(scope="module")
 def over_http(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("barrage-erp-e2e")
-    scn = scenario.build(n_students=2, receipts_per_student=1)
+    scn = barrage.bottomless_plans(scenario.build(n_students=2, receipts_per_student=1), 10**16)
     scn["erp_data"]["documents"][PE] = []
-    for plan in scn["lms_seed"]["institutes"][0]["fee_plans"]:
-        for inst in plan["installments"]:
-            inst["amount_due"] = 10**16
-        plan["total_amount"] = sum(i["amount_due"] for i in plan["installments"])
     lms = LmsSandbox(scn["lms_seed"]).start()
     # the fake's clock moves 30 minutes per example: documents are stamped by it, as a real site does,
     # so a batch is never behind the cursor that an earlier batch's invoice update moved to "now"
     clock = [datetime(2026, 12, 1, tzinfo=UTC)]
     erp = ERPNextFake(scn["erp_data"], clock=lambda: clock[0]).start()
-    rejected: list[Any] = []
-    dispatch = lms._dispatch
-
-    def counting_dispatch(method: str, path: str, query: Any, headers: Any, raw: bytes) -> Any:
-        try:
-            return dispatch(method, path, query, headers, raw)
-        except ApiError as exc:
-            if exc.status == 422 and isinstance(exc.body.get(C.ERR_DETAIL), list) or (
-                    exc.status == 409 and exc.body.get(C.ERR_DETAIL) == C.DETAIL_KEY_REUSED) or exc.status == 400:
-                rejected.append((method, path, exc.status, exc.body))
-            raise
-        except V.ValidationFailed as exc:
-            rejected.append((method, path, 422, exc.errors))
-            raise
-    lms._dispatch = counting_dispatch
+    rejected = barrage.watch_malformed(lms)
     settings_ = Settings(
         state_path=str(tmp / "state.db"), log_format="json",
         lms={"base_url": lms.base_url, "api_key": scenario.LMS_KEY, "rate_limit_per_minute": 100000,

@@ -27,11 +27,9 @@ from sqlalchemy import select
 from sync import contract as C
 from sync.app import build_app
 from sync.config import DEFAULT_PAYMENT_METHODS, Settings
-from sync.sandbox import _lms_validate as V
-from sync.sandbox._lms_state import ApiError
 from sync.sandbox.lms import LmsSandbox
 from sync.state import conflicts, documents
-from tests import scenario
+from tests import barrage, scenario
 
 HEADER = ["document_id", "date", "student", "email", "amount", "currency", "method", "reference_number", "invoice"]
 PLANS = ("5000", "5001")           # plans of LMS students 100 and 101 (scenario.build)
@@ -140,27 +138,9 @@ def _csv(rows_: list[dict[str, str]], header: list[str] = HEADER) -> str:
 @pytest.fixture(scope="module")
 def csv_world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("barrage-files")
-    scn = scenario.build(n_students=2, receipts_per_student=1)
-    for plan in scn["lms_seed"]["institutes"][0]["fee_plans"]:
-        for inst in plan["installments"]:
-            inst["amount_due"] = 10**16
-        plan["total_amount"] = sum(i["amount_due"] for i in plan["installments"])
+    scn = barrage.bottomless_plans(scenario.build(n_students=2, receipts_per_student=1), 10**16)
     lms = LmsSandbox(scn["lms_seed"]).start()
-    rejected: list[Any] = []
-    dispatch = lms._dispatch
-
-    def counting_dispatch(method: str, path: str, query: Any, headers: Any, raw: bytes) -> Any:
-        try:
-            return dispatch(method, path, query, headers, raw)
-        except ApiError as exc:
-            if exc.status == 422 and isinstance(exc.body.get(C.ERR_DETAIL), list) or exc.status == 400 or (
-                    exc.status == 409 and exc.body.get(C.ERR_DETAIL) == C.DETAIL_KEY_REUSED):
-                rejected.append((method, path, exc.status, exc.body))
-            raise
-        except V.ValidationFailed as exc:
-            rejected.append((method, path, 422, exc.errors))
-            raise
-    lms._dispatch = counting_dispatch
+    rejected = barrage.watch_malformed(lms)
     drop = tmp / "drop"
     drop.mkdir()
     settings_ = Settings(

@@ -28,7 +28,7 @@ from sync.errors import FeesyncError, RetryLater
 from sync.lms import LmsClient
 from sync.sandbox.lms import LmsSandbox
 from sync.state import documents, writes
-from tests import scenario
+from tests import barrage, scenario
 
 JSON_TYPES = ("application/json", "application/json; charset=utf-8", "application/problem+json")
 OTHER_TYPES = ("text/html; charset=utf-8", "text/plain", "application/octet-stream", None)
@@ -156,11 +156,7 @@ class HostileProxy:
 @pytest.fixture(scope="module")
 def hostile_world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("barrage-lms")
-    scn = scenario.build(n_students=4, receipts_per_student=1)
-    for plan in scn["lms_seed"]["institutes"][0]["fee_plans"]:
-        for inst in plan["installments"]:
-            inst["amount_due"] = 10**9
-        plan["total_amount"] = sum(i["amount_due"] for i in plan["installments"])
+    scn = barrage.bottomless_plans(scenario.build(n_students=4, receipts_per_student=1), 10**9)
     lms = LmsSandbox(scn["lms_seed"]).start()
     proxy = HostileProxy(lms)
     drop = tmp / "drop"
