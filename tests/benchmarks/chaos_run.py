@@ -588,9 +588,17 @@ def main(argv: list[str] | None = None) -> int:
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    ok = report["receipts_lost"] == 0 and report["receipts_duplicated"] == 0
-    print("RESULT:", "0 lost, 0 duplicated" if ok else "FAILED")
-    return 0 if ok else 1
+    problems = []
+    if report["receipts_lost"] or report["receipts_duplicated"]:
+        problems.append(f"{report['receipts_lost']} lost, {report['receipts_duplicated']} duplicated")
+    if report["kills"] < args.kills:
+        problems.append(f"only {report['kills']} of the {args.kills} kills asked for landed")
+    silent = [k for k, v in report["faults_fired"].items() if v == 0]
+    if silent:
+        problems.append("fault types that never fired: " + ", ".join(silent))
+    print("RESULT:", "; ".join(problems) if problems else
+          f"0 lost, 0 duplicated ({report['kills']} kills, every fault type fired)")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
