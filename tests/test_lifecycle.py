@@ -129,6 +129,37 @@ def test_receipt_paying_two_installments_writes_two_payments_and_a_retry_adds_no
     assert plan["status"] == "completed"
 
 
+def test_two_installment_receipt_whose_answers_are_both_dropped_still_makes_two_payments(sandboxes, make_app):
+    """The LMS applies both payments of a two-installment receipt and drops both answers: each retry replays
+    its own key, the LMS holds two payments (one per installment), and a later run adds no third."""
+    scn, lms, erp, app = _setup(sandboxes, make_app, lambda b: [
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00001", "Learner 0", ROWS, b)),
+        ("Payment Entry", scenario.receipt_for_terms(1, "Learner 0", "ACC-SINV-2026-00001",
+                                                     [("Installment 1", 18000), ("Installment 2", 13500)],
+                                                     b + timedelta(minutes=1)))])
+    # drop the first write's answer; once its retry was answered (a replay), drop the second write's answer too
+    lms.faults.drop_after_apply(count=1, method="POST", path_regex="/payments$")
+    payment_answers = []
+
+    def arm_second_drop(method: str, path: str, status: int) -> None:
+        if method == "POST" and path.endswith("/payments"):
+            payment_answers.append(status)
+            if len(payment_answers) == 2:
+                lms.faults.drop_after_apply(count=1, method="POST", path_regex="/payments$")
+    lms.on_response = arm_second_drop
+    result = app.engine.run_once("erp")
+    lms.on_response = None
+    assert payment_answers == [201, 201, 201, 201]   # applied+dropped, replay, applied+dropped, replay
+    assert result.counts["writes_replayed"] == 2
+    plan = lms.plans()[0]
+    pays = lms.payments()
+    assert sorted((p["fee_installment_id"], p["amount"]) for p in pays) == [
+        (plan["installments"][0]["id"], 18000), (plan["installments"][1]["id"], 13500)]
+    again = app.engine.run_once("erp")
+    assert again.counts.get("writes_done", 0) == 0
+    assert len(lms.payments()) == 2
+
+
 def test_create_plan_lost_response_yields_exactly_one_plan(sandboxes, make_app):
     """The sandbox creates the plan and drops the answer; feesync recognises it and creates no second one."""
     scn, lms, erp, app = _setup(sandboxes, make_app, lambda b: [
