@@ -48,8 +48,14 @@ def test_every_submitted_receipt_reaches_the_lms_exactly_once(synced):
     exp, pays = synced["exp"], _ours(synced["payments"])
     assert len(pays) == exp["lms_payments_expected"] + exp["needs_plan_payments"]
     assert sum(p["amount"] for p in pays) == exp["lms_amount_expected"] + exp["needs_plan_amount"]
-    per_doc = Counter(p["notes"] for p in pays)
-    assert max(per_doc.values()) <= 2      # only multi-reference receipts write two payments
+    per_doc = Counter(p["notes"].split(":", 2)[2] for p in pays)
+    # document by document, not only in total: each receipt's own payments, with their amounts
+    want = {doc: sorted(t["amount"] for t in targets) for doc, targets in exp["pushed"].items()}
+    got = {doc: sorted(p["amount"] for p in pays if p["notes"].split(":", 2)[2] == doc) for doc in per_doc}
+    assert {d: got.get(d) for d in want} == want
+    # the receipts that waited for a plan created from their invoice: each written, nothing else written
+    assert set(per_doc) == set(want) | set(exp["needs_plan"])
+    assert sum(per_doc[d] for d in exp["needs_plan"]) == exp["needs_plan_payments"]
     assert synced["first"].counts["pushed"] == exp["receipts_pushable"] + len(exp["needs_plan"])
 
 
