@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import threading
+import time
 
 from tests import proc, scenario
 
@@ -15,7 +19,8 @@ def _assert_clean(text: str, where: str) -> None:
 
 
 def test_full_run_with_errors_prints_no_secret(sandboxes, tmp_path):
-    """Conflicts, ERP auth failure, LMS key revoked, check, status, conflicts, report: no secret anywhere."""
+    """Conflicts, ERP auth failure, LMS key revoked, check, status, conflicts, report, a backfill and the daemon
+    at debug level: no secret in any output, any file written (report, logs, state store)."""
     scn = scenario.build(n_students=3, receipts_per_student=2)
     # an unmappable receipt (unknown student) and a fractional one, so conflicts are printed too
     pes = scn["erp_data"]["documents"]["Payment Entry"]
@@ -41,6 +46,31 @@ def test_full_run_with_errors_prints_no_secret(sandboxes, tmp_path):
     outputs.append(("conflicts show", proc.run("--config", str(cfg), "conflicts", "show", "1", "--json")))
     outputs.append(("status", proc.run("--config", str(cfg), "status", "--json")))
     outputs.append(("check ok", proc.run("--config", str(cfg), "check")))
+    report = proc.run("--config", str(cfg), "report", "--out", str(tmp_path / "report"), "--json")
+    outputs.append(("report", report))
+    assert report.returncode == 0 and list((tmp_path / "report").glob("*.html")), report.stderr[-1000:]
+    debug = proc.run("--config", str(cfg), "backfill", "--source", "erp", "--since", "2026-10-01",
+                     extra_env={"FEESYNC_LOG_LEVEL": "debug"})
+    outputs.append(("backfill at debug level", debug))
+    assert debug.returncode in (0, 1), debug.stderr[-1000:]
+    daemon = proc.feesync("--config", str(cfg), "run", extra_env={"FEESYNC_LOG_LEVEL": "debug"}, text=True)
+    err_lines: list[str] = []
+    reader = threading.Thread(target=lambda: err_lines.extend(daemon.stderr), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and daemon.poll() is None and not any(
+                "run.finished" in line for line in err_lines):
+            time.sleep(0.1)   # start-up and the first pass of the source
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        d_out = daemon.stdout.read()
+        daemon.wait(timeout=20)
+        reader.join(timeout=5)
+    d_err = "".join(err_lines)
+    outputs.append(("run (daemon) at debug level", subprocess.CompletedProcess(daemon.args, daemon.returncode,
+                                                                               d_out, d_err)))
+    assert daemon.returncode == 0 and "run.finished" in d_out + d_err, (d_out + d_err)[-1500:]
 
     bad_erp = proc.run("--config", str(cfg), "once",
                        extra_env={"FEESYNC_SOURCES__ERP__SETTINGS__API_SECRET": "wrong-" + scenario.ERP_SECRET})
