@@ -209,7 +209,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         store.close()
 
     def render(d: dict[str, Any]) -> None:
-        t = Table("source", "cursor", "lag", "last run", "last success", "pushed", "open", box=None,
+        t = Table("source", "cursor", "lag", "last run", "last success", "docs done", "open", box=None,
                   header_style="bold", pad_edge=False)
         for s in d["sources"]:
             last = s["last_run"] or {}
@@ -219,7 +219,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
                       _short_ts(s["last_success"])[5:] or "-", str(s["documents"].get("pushed", 0)),
                       str(s["open_conflicts"]))
         console.print(t)
-        console.print("documents by status and the last runs: feesync status --json", style="dim", highlight=False)
+        console.print("docs done: ERP documents (receipts, invoices, credit notes) whose LMS writes are all made; "
+                      "open: open conflicts. Documents by status and the last runs: feesync status --json",
+                      style="dim", highlight=False)
     _emit(data, as_json, render)
 
 
@@ -741,6 +743,8 @@ def _render_demo(s: dict[str, Any]) -> None:
     console.print(t)
     console.print(f"open conflicts: {s['open_conflicts']} - report: {s['report']}", highlight=False)
     console.print(f"state store: {s['state']}  (run ./scripts/demo.sh again: it pushes 0)", highlight=False)
+    console.print("look around (then status, conflicts show ID, report):", highlight=False)
+    console.print(f"  .venv/bin/feesync --config {s['config']} conflicts list", highlight=False)
 
 
 @cli.group()

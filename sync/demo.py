@@ -57,6 +57,18 @@ def write_conflict_report(store: Any, path: Path) -> int:
     return len(rows)
 
 
+def write_ops_config(work_dir: Path) -> Path:
+    """A config file that points the ops commands (status, conflicts, report) at the demo's state store."""
+    path = work_dir / "feesync.toml"
+    state, reports = (work_dir / "state.db").resolve(), (work_dir / "reports").resolve()
+    path.write_text("# Written by `feesync demo`: the ops commands read the demo's state store with it, e.g.\n"
+                    f"#   feesync --config {path} conflicts list\n"
+                    "# (the demo's sandboxes are gone once it ends, so commands that reach the LMS or an ERP\n"
+                    "# have nothing to talk to: use `feesync demo` again for a sync.)\n"
+                    f"state_path = {str(state)!r}\nreport_dir = {str(reports)!r}\n", encoding="utf-8")
+    return path
+
+
 def run_demo(work_dir: Path) -> dict[str, Any]:
     work_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -86,5 +98,6 @@ def run_demo(work_dir: Path) -> dict[str, Any]:
         "status": result.status,
         "report": str(report),
         "state": settings.state_path,
+        "config": str(write_ops_config(work_dir)),
         "seconds": round(time.monotonic() - started, 2),
     }

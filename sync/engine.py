@@ -354,7 +354,8 @@ class Engine:
                   status: str = "conflict", receipt: str | None = None, keep_status: bool = False) -> str:
         run.result.conflicts[exc.kind] += 1
         self._decided(run, event)
-        log.info("conflict.opened", source=run.source, doc_id=event.doc_id, kind=exc.kind, detail=exc.detail)
+        log.info("conflict.would_open" if run.dry_run else "conflict.opened", source=run.source,
+                 doc_id=event.doc_id, kind=exc.kind, detail=exc.detail)
         if run.dry_run:
             return "conflict"
         amount = getattr(event, "amount", None)

@@ -616,6 +616,8 @@ def check(settings: Any) -> list[str]:
     from sync.app import build_connectors
     from sync.lms import LmsClient
     problems: list[str] = []
+    if not settings.sources:
+        problems.append("sources: none configured (add a [sources.<name>] section with its connector)")
     stop = threading.Event()
     try:
         connectors = build_connectors(settings, stop)

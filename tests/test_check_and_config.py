@@ -68,7 +68,7 @@ lookback = "soon"
 def test_a_connector_that_is_not_installed_is_named(tmp_path):
     """`connector = "no_such_erp"` stops start-up with the connector's name and the installed ones."""
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[lms]\n[sources.x]\nconnector = "no_such_erp"\n')
+    cfg.write_text(f'state_path = "{tmp_path / "state.db"}"\n[lms]\n[sources.x]\nconnector = "no_such_erp"\n')
     out = proc.run("--config", str(cfg), "check", "--json", secrets=False,
                    extra_env={"FEESYNC_LMS__API_KEY": "zl_whatever_1234"})
     assert out.returncode == 1
