@@ -416,6 +416,11 @@ class Chaos:
         if r.random() < 0.5:
             self.insert_late_rows(r.randint(1, 3))
         left = min(self.base_left(), self.base_undecided())
+        if sum(self.kills.values()) >= self.target_kills:
+            # every kill asked for has landed: the faults go on, the kills stop, so the seeded receipts
+            # finish instead of the run spending its rounds on children killed during start-up
+            self.finishing_round(n)
+            return
         command = "run" if (r.random() < 0.4 or not left) else "once"
         mode = r.choice(KILL_MODES) if left else "random"
         # progress points (LMS writes applied) spread over the seeded receipts, one per hook kill
@@ -447,6 +452,21 @@ class Chaos:
             if arrivals is not None:
                 arrivals.join(timeout=5)
             self.kill_after_applied = self.kill_on_page_after_applied = None
+            self.child = None
+            child._chaos_log.close()  # type: ignore[attr-defined]
+        self.exit_codes[str(child.returncode)] += 1
+
+    def finishing_round(self, n: int) -> None:
+        """A `feesync once` under the armed faults, not killed (bounded by a generous deadline)."""
+        self.children["once"] += 1
+        self.child_no = n
+        self.child = child = self.start_child("once", n)
+        try:
+            child.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=30)
+        finally:
             self.child = None
             child._chaos_log.close()  # type: ignore[attr-defined]
         self.exit_codes[str(child.returncode)] += 1
