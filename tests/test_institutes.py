@@ -108,3 +108,59 @@ def test_each_institute_paces_under_its_own_key(tmp_path):
             assert a.settings.rate_limit_per_minute == 600 and b.settings.rate_limit_per_minute == 1200
         finally:
             app.close()
+
+
+def _csv(folder, doc_id, plan_id):
+    folder.mkdir(exist_ok=True)
+    (folder / f"{doc_id}.csv").write_text(
+        "document_id,date,student,amount,currency,method,reference_number,invoice\n"
+        f"{doc_id},2026-11-02,Student 0,1000,PKR,Cash,,plan:{plan_id}\n", encoding="utf-8")
+
+
+def test_two_institutes_in_one_config_file_a_revoked_key_stops_only_its_two_sources(tmp_path):
+    """One TOML file, two institutes with two sources each (ERPNext + CSV), keys from the environment:
+    after institute A's key is revoked, `feesync once` stops both of A's sources naming the refused key,
+    while both of B's sources push their new receipts; exit 2 says a source failed."""
+    from tests import proc
+    seed, erp_a_data, erp_b_data = _two_institutes()
+    (tmp_path / "erp_key").write_text(scenario.ERP_KEY)
+    (tmp_path / "erp_secret").write_text(scenario.ERP_SECRET)
+    with LmsSandbox(seed) as lms, ERPNextFake(erp_a_data) as erp_a, ERPNextFake(erp_b_data) as erp_b:
+        lines = [f'state_path = "{tmp_path / "state.db"}"', 'log_format = "json"']
+        for inst, erp in (("a", erp_a), ("b", erp_b)):
+            lines += [f"[institutes.{inst}.lms]", f'base_url = "{lms.base_url}"',
+                      f'limiter_path = "{tmp_path / f"pace-{inst}.db"}"', "max_attempts = 2",
+                      f"[institutes.{inst}.sources.erp_{inst}]", 'connector = "erpnext"', 'lag = "0s"',
+                      f"[institutes.{inst}.sources.erp_{inst}.settings]", f'url = "{erp.url}"',
+                      f'api_key_file = "{tmp_path / "erp_key"}"', f'api_secret_file = "{tmp_path / "erp_secret"}"',
+                      f"[institutes.{inst}.sources.csv_{inst}]", 'connector = "files"',
+                      f"[institutes.{inst}.sources.csv_{inst}.settings]", f'folder = "{tmp_path / f"drop-{inst}"}"']
+        cfg = tmp_path / "feesync.toml"
+        cfg.write_text("\n".join(lines) + "\n")
+        keys = {"FEESYNC_INSTITUTES__A__LMS__API_KEY": scenario.LMS_KEY, "FEESYNC_INSTITUTES__B__LMS__API_KEY": KEY_B}
+        _csv(tmp_path / "drop-a", "CSV-A-1", 5000)
+        _csv(tmp_path / "drop-b", "CSV-B-1", 6000)
+        first = proc.run("--config", str(cfg), "once", "--json", secrets=False, extra_env=keys)
+        assert first.returncode == 0, first.stderr[-2000:]
+        pushed = {r["source"]: r["counts"].get("pushed", 0) for r in json.loads(first.stdout)["results"]}
+        assert pushed == {"erp_a": 6, "csv_a": 1, "erp_b": 6, "csv_b": 1}
+
+        lms.revoke_key(scenario.LMS_KEY)
+        moment = scenario.datetime(2026, 11, 5, tzinfo=scenario.KHI)
+        for erp in (erp_a, erp_b):
+            erp.insert("Payment Entry", scenario.new_receipt(50, "Student 0", 1000, "ACC-SINV-2026-00001", moment))
+        _csv(tmp_path / "drop-a", "CSV-A-2", 5000)
+        _csv(tmp_path / "drop-b", "CSV-B-2", 6000)
+        second = proc.run("--config", str(cfg), "once", "--json", secrets=False, extra_env=keys)
+        results = {r["source"]: r for r in json.loads(second.stdout)["results"]}
+        notes = [p["notes"] for p in lms.payments()]
+    assert second.returncode == 2
+    for name in ("erp_a", "csv_a"):
+        assert results[name]["status"] == "stopped", results[name]
+        assert "LMS refused the API key (401)" in results[name]["error"]
+    assert {n: (results[n]["status"], results[n]["counts"].get("pushed", 0)) for n in ("erp_b", "csv_b")} == {
+        "erp_b": ("ok", 1), "csv_b": ("ok", 1)}
+    assert "erp:csv_b:CSV-B-2" in notes and "erp:csv_a:CSV-A-2" not in notes
+    assert len(notes) == 16       # 7 + 7 from the first pass, B's two new receipts from the second
+    stopped = [json.loads(line) for line in second.stderr.splitlines() if '"source.stopped"' in line]
+    assert {(e["institute"], e["source"]) for e in stopped} == {("a", "erp_a"), ("a", "csv_a")}
