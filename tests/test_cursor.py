@@ -113,3 +113,35 @@ def test_idle_poll_sends_no_lms_request_and_no_erp_get(sandboxes, make_app):
     assert result.counts["unchanged"] == 9 + 3 and result.counts.get("pushed", 0) == 0   # 9 receipts, 3 invoices
     assert lms.stats()["requests"] == lms_before
     assert erp.stats()["by_path_kind"].get("get", 0) == erp_before
+
+
+def test_tie_run_sigkilled_between_pages_then_restarted_pushes_each_once(sandboxes, tmp_path):
+    """A real `feesync once` child SIGKILLed while it waits for the second page of a 45-row tie (page size
+    20): the restarted run pushes the rest, and the LMS ends with each of the 45 receipts once."""
+    import json
+    import signal
+
+    from tests import proc
+    scn = _tie_scenario()
+    lms, erp = sandboxes(scn)
+    cfg = proc.write_config(tmp_path, lms, erp, page_size=20)
+    child: list = []
+    pe_pages: list[int] = []
+
+    def kill_on_second_page(doctype, rows):
+        if doctype == "Payment Entry":
+            pe_pages.append(len(rows))
+            if len(pe_pages) == 2 and child:
+                child[0].send_signal(signal.SIGKILL)
+    erp.on_list(kill_on_second_page)
+    child.append(proc.feesync("--config", str(cfg), "once"))
+    child[0].communicate(timeout=120)
+    assert child[0].returncode == -signal.SIGKILL
+    erp.on_list(None)
+    before = len(lms.payments())
+    assert 20 <= before < 45, before          # the first page was pushed, the kill came before the rest
+    again = proc.run("--config", str(cfg), "once", "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    counts = json.loads(again.stdout)["results"][0]["counts"]
+    assert counts["pushed"] - counts.get("writes_replayed", 0) == 45 - before
+    assert sorted(p["notes"] for p in lms.payments()) == sorted(f"erp:erp:{n}" for n in scn["receipts"])
