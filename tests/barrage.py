@@ -1,9 +1,15 @@
-"""Shared pieces of the bad-input barrage: a seed whose plans never fill up, and a watch on the LMS
-sandbox that records every request it refused as malformed (the daemon must send none)."""
+"""Shared pieces of the bad-input barrage: a seed whose plans never fill up, a watch on the LMS sandbox
+that records every request it refused as malformed (the daemon must send none), and a count of the
+examples each property really ran (`max_examples` is only a ceiling)."""
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from sync import contract as C
 from sync.sandbox import _lms_validate as V
@@ -38,3 +44,25 @@ def watch_malformed(lms: LmsSandbox) -> list[Any]:
             raise
     lms._dispatch = counting_dispatch
     return rejected
+
+
+EXAMPLES_RUN: Counter[str] = Counter()
+MIN_EXAMPLES = 500
+
+
+def counted(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Count each example Hypothesis runs through `test` (put it under @given)."""
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        EXAMPLES_RUN[test.__name__] += 1
+        return test(*args, **kwargs)
+    return run
+
+
+def assert_examples_ran(*properties: Callable[..., Any]) -> None:
+    """Each property (run earlier in this session) ran at least MIN_EXAMPLES examples."""
+    names = [p.__name__ for p in properties]
+    if not any(EXAMPLES_RUN[n] for n in names):
+        pytest.skip("the properties were not run in this session")
+    assert {n: EXAMPLES_RUN[n] for n in names} == {n: max(EXAMPLES_RUN[n], MIN_EXAMPLES) for n in names}, (
+        f"examples run: {dict(EXAMPLES_RUN)}")

@@ -358,6 +358,7 @@ def _stamp(minute: int) -> str:
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(payment_entries(), min_size=1, max_size=8), repeat=st.sampled_from(["none", "money", "text"]))
+@barrage.counted
 def test_generated_erpnext_documents_in_process_never_crash_lose_or_send_malformed_requests(in_process, batch, repeat):
     """Connector + engine behind mock transports: each valid receipt once, each bad one a named conflict."""
     w = in_process
@@ -425,6 +426,7 @@ def over_http(tmp_path_factory):
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(payment_entries(), min_size=1, max_size=4), repeat=st.sampled_from(["none", "money", "text"]))
+@barrage.counted
 def test_generated_erpnext_documents_end_to_end_over_http(over_http, batch, repeat):
     """ERPNext fake -> engine -> LMS sandbox: valid receipts once with their amounts, bad ones named
     conflicts, repeated ids with other content a `changed_after_sync` conflict, no malformed request."""
@@ -514,3 +516,8 @@ def test_an_erpnext_500_lost_connection_is_retried_not_a_failed_run(over_http):
     result = w["app"].engine.run_once("erp", datetime.now(UTC))
     assert result.status == "ok", result.error
     assert [p["amount"] for p in w["lms"].payments() if p["notes"] == f"erp:erp:{doc['name']}"] == [1500]
+
+
+def test_each_property_above_ran_at_least_500_examples():
+    """`max_examples` is a ceiling: count what really ran."""
+    barrage.assert_examples_ran(test_generated_erpnext_documents_in_process_never_crash_lose_or_send_malformed_requests, test_generated_erpnext_documents_end_to_end_over_http)

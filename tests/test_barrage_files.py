@@ -169,6 +169,7 @@ def _outcome(app: Any, doc_id: str) -> tuple[str | None, list[str]]:
 @given(batch=st.lists(rows(), min_size=1, max_size=8),
        file_fault=st.sampled_from(["none"] * 8 + ["not_utf8", "header_lacks_amount", "extra_columns"]),
        repeat=st.sampled_from(["none", "none", "same", "money"]))
+@barrage.counted
 def test_generated_csv_rows_become_payments_or_named_conflicts(csv_world, batch, file_fault, repeat):
     """Each valid row once in the LMS with its amount, each bad row a conflict saying what is wrong."""
     w = csv_world
@@ -273,3 +274,8 @@ def test_a_file_the_csv_reader_refuses_is_one_named_conflict_and_the_source_goes
     status, details = _outcome(app, bad)
     assert status == "conflict" and bad in " ".join(details), (status, details)
     assert [p["notes"] for p in lms.payments() if p["notes"] == f"erp:csv:{good_id}"] == [f"erp:csv:{good_id}"]
+
+
+def test_each_property_above_ran_at_least_500_examples():
+    """`max_examples` is a ceiling: count what really ran."""
+    barrage.assert_examples_ran(test_generated_csv_rows_become_payments_or_named_conflicts)

@@ -88,6 +88,7 @@ def _lms_settings(base_url: str = "http://lms.test/api/v1/public", **kw: Any) ->
 
 @settings(max_examples=500, deadline=None)
 @given(spec=answers)
+@barrage.counted
 def test_any_lms_answer_is_classified_and_never_taken_for_success_unless_it_is_a_json_object(spec):
     """Every answer ends as a result or a feesync error (never another exception); a 2xx counts as done
     only when it is a JSON object labelled as JSON; error texts stay short."""
@@ -176,6 +177,7 @@ def hostile_world(tmp_path_factory):
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(script=st.lists(HOSTILE, min_size=1, max_size=4), batch=st.integers(1, 3))
+@barrage.counted
 def test_hostile_answers_before_and_after_apply_leave_each_receipt_once_and_the_ledger_true(hostile_world, script,
                                                                                             batch):
     """Hostile answers to payment POSTs (before or after the LMS applied them): the engine never crashes,
@@ -284,3 +286,8 @@ def test_an_answer_mangled_after_apply_is_replayed_with_the_same_key_not_sent_tw
     assert result.status == "ok" and result.counts["writes_replayed"] == 1
     assert lms.stats()["replays"] == replays + 1
     assert len([p for p in lms.payments() if p["notes"] == f"erp:csv:{doc_id}"]) == 1
+
+
+def test_each_property_above_ran_at_least_500_examples():
+    """`max_examples` is a ceiling: count what really ran."""
+    barrage.assert_examples_ran(test_any_lms_answer_is_classified_and_never_taken_for_success_unless_it_is_a_json_object, test_hostile_answers_before_and_after_apply_leave_each_receipt_once_and_the_ledger_true)
