@@ -283,12 +283,11 @@ class Engine:
                 self._save_doc(conn, source, event, status, None)
 
     def _save_doc(self, conn: Connection, source: str, event: FeeEvent, status: str, reason: str | None) -> None:
-        summary = event.summary()
         amount = getattr(event, "amount", None) if not isinstance(event, PlanIssued) else event.total - event.discount
         self.store.upsert_document(
             conn, source, event.doc_id, institute=self.institute(source), event_kind=event.kind, version=event.version,
             fingerprint=event.fingerprint(), status=status, reason=reason,
-            changed_at=event.position.changed_at.isoformat(), summary=json.dumps(summary),
+            changed_at=event.position.changed_at.isoformat(), summary=event.summary_json(),
             amount=str(amount) if amount is not None else None, currency=getattr(event, "currency", None),
             customer=getattr(event, "customer", None))
 
@@ -436,11 +435,14 @@ class Engine:
         with self.store.tx() as conn:
             doc = self.store.document(conn, run.source, event.doc_id)
             prior = self.store.writes_for(conn, run.source, event.doc_id)
-        if doc is not None and doc["status"] == "pushed":
+            pushed = doc is not None and doc["status"] == "pushed"
+            # a conflict is only ever opened together with its document's row (`_conflict`), so a document
+            # never seen has none
+            blocking = [] if pushed or doc is None else [
+                c["kind"] for c in self.store.open_conflicts_for(conn, run.source, event.doc_id)
+                if c["kind"] in KEEP_OPEN]
+        if pushed:
             return self._pushed_seen_again(run, event, doc, prior, "changed_after_sync")
-        with self.store.tx() as conn:
-            blocking = [c["kind"] for c in self.store.open_conflicts_for(conn, run.source, event.doc_id)
-                        if c["kind"] in KEEP_OPEN]
         if blocking:
             # cancelled or changed in the ERP while (or after) money went to the LMS: a person decides (rule 14)
             run.result.counts["awaiting_person"] += 1

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 
 MAX_DOC_ID = 255   # longer ERP document ids are malformed: each becomes an LMS payment's notes and its key
+
+
+def _plain_value(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, tuple | list):
+        return [_plain_value(v) for v in value]
+    return value
 
 
 def _canonical(value: Any) -> str:
@@ -72,15 +80,31 @@ class FeeEvent:
     def kind(self) -> str:
         return type(self).__name__
 
+    def _plain(self, exclude: frozenset[str]) -> dict[str, Any]:
+        """The fields as plain data, as `asdict` gives them, without deep-copying the excluded ones (`raw`
+        can be a whole ERP document)."""
+        return {f.name: _plain_value(getattr(self, f.name)) for f in fields(self) if f.name not in exclude}
+
     def fingerprint(self) -> str:
         """Hash of the money-relevant content (what, if it changed after a push, is a conflict)."""
-        payload = {k: v for k, v in asdict(self).items() if k not in {"raw", "position", "version"}}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=_canonical).encode()).hexdigest()[:32]
+        cached = self.__dict__.get("_fingerprint")   # events are immutable: computed once
+        if cached is None:
+            payload = self._plain(frozenset({"raw", "position", "version"}))
+            cached = hashlib.sha256(json.dumps(payload, sort_keys=True, default=_canonical).encode()).hexdigest()[:32]
+            self.__dict__["_fingerprint"] = cached
+        return cached
+
+    def summary_json(self) -> str:
+        """`summary()` as the JSON text the ledger stores (computed once per event)."""
+        cached = self.__dict__.get("_summary_json")
+        if cached is None:
+            cached = json.dumps(self._plain(frozenset({"raw"})), default=str)
+            self.__dict__["_summary_json"] = cached
+        return cached
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe view for the ledger and conflict reports (no raw ERP payload)."""
-        data = {k: v for k, v in asdict(self).items() if k not in {"raw"}}
-        return json.loads(json.dumps(data, default=str))
+        return json.loads(self.summary_json())
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -92,6 +92,7 @@ class Resolver:
     _students: dict[str, str | None] = field(default_factory=dict)
     _plans: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _plan_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _currency: dict[str, str] = field(default_factory=dict)    # plan id -> currency (it never changes)
 
     # --- students and plans ---------------------------------------------------------------
     def student_for(self, conn: Connection, customer: str, email: str | None) -> str:
@@ -244,15 +245,17 @@ class Resolver:
 
     def plan_currency(self, conn: Connection, plan_id: str) -> str:
         """A plan's currency never changes: read once from the LMS, then from the state store."""
+        if plan_id in self._currency:
+            return self._currency[plan_id]
         if plan_id in self.dry_plans.values():
             return self._dry_currency[plan_id]
-        cached = self.store.get_mapping(conn, KIND_PLAN_CURRENCY, "*", plan_id)
-        if cached:
-            return cached
-        plan = self._plan_by_id.get(plan_id) or self.plan(plan_id)
-        cur = str(plan.get(C.PLAN_CURRENCY) or C.DEFAULT_CURRENCY)
-        if self.learn:
-            self.store.set_mapping(conn, KIND_PLAN_CURRENCY, "*", plan_id, cur, "learned")
+        cur = self.store.get_mapping(conn, KIND_PLAN_CURRENCY, "*", plan_id)
+        if not cur:
+            plan = self._plan_by_id.get(plan_id) or self.plan(plan_id)
+            cur = str(plan.get(C.PLAN_CURRENCY) or C.DEFAULT_CURRENCY)
+            if self.learn:
+                self.store.set_mapping(conn, KIND_PLAN_CURRENCY, "*", plan_id, cur, "learned")
+        self._currency[plan_id] = cur
         return cur
 
     def _check_currency(self, conn: Connection, ev: PaymentReceived, writes: list[PlannedWrite]) -> None:

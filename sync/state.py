@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Column, Connection, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, create_engine,
-    event, inspect, select, text,
+    Column, Connection, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, bindparam,
+    create_engine, event, inspect, select, text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -187,6 +187,27 @@ memo = Table(
 
 def _now() -> str:
     return utcnow().isoformat()
+
+
+# The hot path (every document costs a handful of these) runs prebuilt statements with bind parameters:
+# building a Core statement anew per call costs 3-5x its execution. Keyed by name and, for UPDATEs, the
+# set of columns written.
+_STATEMENTS: dict[Any, Any] = {}
+
+
+def _stmt(key: Any, build: Any) -> Any:
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        stmt = _STATEMENTS[key] = build()
+    return stmt
+
+
+def _update_by(table: Table, where: tuple[str, ...], values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """`UPDATE table SET <values> WHERE <where columns> = :w_<col>`, prebuilt per column set, and its parameters."""
+    cols = tuple(sorted(values))
+    stmt = _stmt(("update", table.name, where, cols), lambda: table.update().where(
+        *(table.c[w] == bindparam(f"w_{w}") for w in where)).values({c: bindparam(f"v_{c}") for c in cols}))
+    return stmt, {f"v_{c}": values[c] for c in cols}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -369,34 +390,36 @@ class Store:
                    institute: str = "default") -> None:
         values = {"changed_at": pos.changed_at.isoformat(), "doc_id": pos.doc_id,
                   "updated_at": _now(), "run_id": run_id, "institute": institute}
-        updated = conn.execute(cursors.update().where(cursors.c.source == source).values(**values)).rowcount
-        if not updated:
-            conn.execute(cursors.insert().values(source=source, **values))
+        stmt, params = _update_by(cursors, ("source",), values)
+        if not conn.execute(stmt, {**params, "w_source": source}).rowcount:
+            conn.execute(cursors.insert(), {"source": source, **values})
 
     # --- documents -----------------------------------------------------------------------
     def document(self, conn: Connection, source: str, doc_id: str) -> dict[str, Any] | None:
-        row = conn.execute(select(documents).where(documents.c.source == source,
-                                                   documents.c.doc_id == doc_id)).mappings().first()
+        stmt = _stmt("document", lambda: select(documents).where(
+            documents.c.source == bindparam("source"), documents.c.doc_id == bindparam("doc_id")))
+        row = conn.execute(stmt, {"source": source, "doc_id": doc_id}).mappings().first()
         return dict(row) if row else None
 
     def upsert_document(self, conn: Connection, source: str, doc_id: str, **values: Any) -> None:
         values["updated_at"] = _now()
-        updated = conn.execute(documents.update().where(documents.c.source == source,
-                                                        documents.c.doc_id == doc_id).values(**values)).rowcount
-        if not updated:
+        stmt, params = _update_by(documents, ("source", "doc_id"), values)
+        if not conn.execute(stmt, {**params, "w_source": source, "w_doc_id": doc_id}).rowcount:
             values.setdefault("first_seen", values["updated_at"])
-            conn.execute(documents.insert().values(source=source, doc_id=doc_id, **values))
+            conn.execute(documents.insert(), {"source": source, "doc_id": doc_id, **values})
 
     def seen(self, source: str, doc_id: str, version: str) -> bool:
+        stmt = _stmt("seen", lambda: select(documents.c.version, documents.c.status).where(
+            documents.c.source == bindparam("source"), documents.c.doc_id == bindparam("doc_id")))
         with self.engine.connect() as c:
-            row = c.execute(select(documents.c.version, documents.c.status).where(
-                documents.c.source == source, documents.c.doc_id == doc_id)).first()
+            row = c.execute(stmt, {"source": source, "doc_id": doc_id}).first()
         return bool(row and row.version == version and row.status not in ("pending", "waiting"))
 
     # --- writes --------------------------------------------------------------------------
     def writes_for(self, conn: Connection, source: str, doc_id: str) -> list[dict[str, Any]]:
-        rows = conn.execute(select(writes).where(writes.c.source == source, writes.c.doc_id == doc_id)
-                            .order_by(writes.c.id)).mappings().all()
+        stmt = _stmt("writes_for", lambda: select(writes).where(
+            writes.c.source == bindparam("source"), writes.c.doc_id == bindparam("doc_id")).order_by(writes.c.id))
+        rows = conn.execute(stmt, {"source": source, "doc_id": doc_id}).mappings().all()
         return [dict(r) for r in rows]
 
     def write_by_base_key(self, conn: Connection, base_key: str) -> dict[str, Any] | None:
@@ -413,7 +436,7 @@ class Store:
         values.setdefault("attempts", 0)
         try:
             with conn.begin_nested():
-                return int(conn.execute(writes.insert().values(**values)).inserted_primary_key[0])
+                return int(conn.execute(writes.insert(), values).inserted_primary_key[0])
         except IntegrityError:
             other = conn.execute(select(writes.c.source, writes.c.doc_id).where(
                 writes.c.institute == values.get("institute", "default"),
@@ -424,7 +447,8 @@ class Store:
                 "key_prefix settings", definitive=False) from None
 
     def update_write(self, conn: Connection, write_id: int, **values: Any) -> None:
-        conn.execute(writes.update().where(writes.c.id == write_id).values(**values))
+        stmt, params = _update_by(writes, ("id",), values)
+        conn.execute(stmt, {**params, "w_id": write_id})
 
     # --- conflicts -----------------------------------------------------------------------
     def open_conflict(self, conn: Connection, *, source: str, doc_id: str, kind: str, detail: str,
@@ -457,11 +481,10 @@ class Store:
 
     def close_conflicts(self, conn: Connection, source: str, doc_id: str, *, status: str = "resolved",
                         actor: str = "feesync", note: str | None = None, kinds: set[str] | None = None) -> int:
-        q = select(conflicts.c.id).where(conflicts.c.source == source, conflicts.c.doc_id == doc_id,
-                                        conflicts.c.status == "open")
-        if kinds:
-            q = q.where(conflicts.c.kind.in_(kinds))
-        ids = list(conn.execute(q).scalars())
+        stmt = _stmt("open_conflict_ids", lambda: select(conflicts.c.id, conflicts.c.kind).where(
+            conflicts.c.source == bindparam("source"), conflicts.c.doc_id == bindparam("doc_id"),
+            conflicts.c.status == "open"))
+        ids = [r.id for r in conn.execute(stmt, {"source": source, "doc_id": doc_id}) if not kinds or r.kind in kinds]
         for cid in ids:
             self.set_conflict_status(conn, cid, status, actor=actor, note=note)
         return len(ids)
@@ -483,15 +506,18 @@ class Store:
     _history = add_history
 
     def open_conflicts_for(self, conn: Connection, source: str, doc_id: str) -> list[dict[str, Any]]:
-        rows = conn.execute(select(conflicts).where(conflicts.c.source == source, conflicts.c.doc_id == doc_id,
-                                                    conflicts.c.status == "open")).mappings().all()
+        stmt = _stmt("open_conflicts_for", lambda: select(conflicts).where(
+            conflicts.c.source == bindparam("source"), conflicts.c.doc_id == bindparam("doc_id"),
+            conflicts.c.status == "open"))
+        rows = conn.execute(stmt, {"source": source, "doc_id": doc_id}).mappings().all()
         return [dict(r) for r in rows]
 
     # --- mappings ------------------------------------------------------------------------
     def get_mapping(self, conn: Connection, kind: str, source: str, erp_id: str) -> str | None:
-        return conn.execute(select(mappings.c.lms_id).where(
-            mappings.c.kind == kind, mappings.c.erp_id == erp_id,
-            mappings.c.source.in_([source, "*"])).order_by(mappings.c.source.desc())).scalar()
+        stmt = _stmt("get_mapping", lambda: select(mappings.c.lms_id).where(
+            mappings.c.kind == bindparam("kind"), mappings.c.erp_id == bindparam("erp_id"),
+            mappings.c.source.in_([bindparam("source"), "*"])).order_by(mappings.c.source.desc()))
+        return conn.execute(stmt, {"kind": kind, "erp_id": erp_id, "source": source}).scalar()
 
     def set_mapping(self, conn: Connection, kind: str, source: str, erp_id: str, lms_id: str, origin: str) -> None:
         updated = conn.execute(mappings.update().where(
