@@ -66,3 +66,17 @@ def assert_examples_ran(*properties: Callable[..., Any]) -> None:
         pytest.skip("the properties were not run in this session")
     assert {n: EXAMPLES_RUN[n] for n in names} == {n: max(EXAMPLES_RUN[n], MIN_EXAMPLES) for n in names}, (
         f"examples run: {dict(EXAMPLES_RUN)}")
+
+
+def csv_settings(tmp: Any, lms: LmsSandbox, *, max_attempts: int, max_retry_seconds: float) -> Any:
+    """Settings of one CSV drop-folder source (`tmp/drop`, created) syncing into `lms`, logs as JSON."""
+    from sync.config import Settings
+    from tests import scenario
+    drop = tmp / "drop"
+    drop.mkdir()
+    return Settings(
+        state_path=str(tmp / "state.db"), log_format="json",
+        lms={"base_url": lms.base_url, "api_key": scenario.LMS_KEY, "rate_limit_per_minute": 100000,
+             "max_attempts": max_attempts, "max_retry_seconds": max_retry_seconds,
+             "limiter_path": str(tmp / "pacing.db")},
+        sources={"csv": {"connector": "files", "settings": {"folder": str(drop)}}})

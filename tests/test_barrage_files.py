@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from sync import contract as C
 from sync.app import build_app
-from sync.config import DEFAULT_PAYMENT_METHODS, Settings
+from sync.config import DEFAULT_PAYMENT_METHODS
 from sync.sandbox.lms import LmsSandbox
 from sync.state import conflicts, documents
 from tests import barrage, scenario
@@ -141,13 +141,8 @@ def csv_world(tmp_path_factory):
     scn = barrage.bottomless_plans(scenario.build(n_students=2, receipts_per_student=1), 10**16)
     lms = LmsSandbox(scn["lms_seed"]).start()
     rejected = barrage.watch_malformed(lms)
+    settings_ = barrage.csv_settings(tmp, lms, max_attempts=2, max_retry_seconds=2)
     drop = tmp / "drop"
-    drop.mkdir()
-    settings_ = Settings(
-        state_path=str(tmp / "state.db"), log_format="json",
-        lms={"base_url": lms.base_url, "api_key": scenario.LMS_KEY, "rate_limit_per_minute": 100000,
-             "max_attempts": 2, "max_retry_seconds": 2, "limiter_path": str(tmp / "pacing.db")},
-        sources={"csv": {"connector": "files", "settings": {"folder": str(drop)}}})
     app = build_app(settings_, sleep=lambda s: None, pacing=False)
     yield {"app": app, "lms": lms, "drop": drop, "rejected": rejected, "n": 0, "pushed": [], "known": set()}
     app.close()

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from sync import contract as C
 from sync.app import build_app
-from sync.config import LmsSettings, Settings
+from sync.config import LmsSettings
 from sync.errors import FeesyncError, RetryLater
 from sync.lms import LmsClient
 from sync.sandbox.lms import LmsSandbox
@@ -160,13 +160,8 @@ def hostile_world(tmp_path_factory):
     scn = barrage.bottomless_plans(scenario.build(n_students=4, receipts_per_student=1), 10**9)
     lms = LmsSandbox(scn["lms_seed"]).start()
     proxy = HostileProxy(lms)
+    settings_ = barrage.csv_settings(tmp, lms, max_attempts=3, max_retry_seconds=5)
     drop = tmp / "drop"
-    drop.mkdir()
-    settings_ = Settings(
-        state_path=str(tmp / "state.db"), log_format="json",
-        lms={"base_url": lms.base_url, "api_key": scenario.LMS_KEY, "rate_limit_per_minute": 100000,
-             "max_attempts": 3, "max_retry_seconds": 5, "limiter_path": str(tmp / "pacing.db")},
-        sources={"csv": {"connector": "files", "settings": {"folder": str(drop)}}})
     app = build_app(settings_, lms_transport=proxy, sleep=lambda s: None, pacing=False)
     world = {"lms": lms, "proxy": proxy, "app": app, "drop": drop, "n": 0, "plans": [5000, 5001, 5002, 5003]}
     yield world
