@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -344,7 +345,9 @@ def conflicts_show(ctx: click.Context, conflict_id: int, as_json: bool) -> None:
     settings = _settings(ctx.find_root(), secrets=False)
     store = _store(ctx)
     try:
-        data = ops.show_conflict(store, conflict_id, settings=settings)
+        config = ctx.find_root().ensure_object(dict).get("config")
+        command = f"feesync --config {shlex.quote(str(config))}" if config else "feesync"
+        data = ops.show_conflict(store, conflict_id, settings=settings, command=command)
     finally:
         store.close()
     if data is None:

@@ -330,7 +330,7 @@ def conflicts_payload(rows: list[dict[str, Any]], now: datetime | None = None) -
 
 
 # --- one conflict --------------------------------------------------------------------------------------
-def show_conflict(store: Store, cid: int, *, settings: Any = None) -> dict[str, Any] | None:
+def show_conflict(store: Store, cid: int, *, settings: Any = None, command: str = "feesync") -> dict[str, Any] | None:
     """The conflict, its ERP document, every write sent for it with the LMS answer, its history, and
     what to do next in plain words (with the exact commands)."""
     rows = list_conflicts(store, status="all", ids=[cid])
@@ -351,7 +351,7 @@ def show_conflict(store: Store, cid: int, *, settings: Any = None) -> dict[str, 
         "body": json.loads(w["body"]), "status": w["status"], "attempts": w["attempts"],
         "receipt_number": w["receipt_number"], "lms_answer": _maybe_json(w["lms_response"]),
         "last_error": w["last_error"], "sent_at": w["sent_at"], "decided_at": w["decided_at"]} for w in sent]
-    guide = guidance(row, settings)
+    guide = guidance(row, settings, command=command)
     row["next_step"] = guide["text"]
     row["commands"] = guide["commands"]
     return row
@@ -372,8 +372,9 @@ def _invoices_of(document: dict[str, Any] | None) -> list[str]:
     return [r["invoice_id"] for r in document.get("references") or [] if r.get("invoice_id")]
 
 
-def guidance(row: dict[str, Any], settings: Any = None) -> dict[str, Any]:
-    """What to do next, in plain words, with the commands that do it."""
+def guidance(row: dict[str, Any], settings: Any = None, *, command: str = "feesync") -> dict[str, Any]:
+    """What to do next, in plain words, with the commands that do it (`command`: how the operator runs
+    feesync, e.g. with their --config, so the commands can be pasted as printed)."""
     kind, src, cid = row["kind"], row["source"], row["id"]
     customer = row.get("customer") or "?"
     text = NEXT_STEPS.get(kind, DEFAULT_NEXT_STEP)
@@ -385,15 +386,15 @@ def guidance(row: dict[str, Any], settings: Any = None) -> dict[str, Any]:
     if kind in ("unknown_student", "ambiguous_student"):
         text = (f"The LMS has no single student for ERP customer \"{customer}\". Find the student in the LMS "
                 f"and map the customer to them; feesync then retries this customer's receipts.")
-        commands.append(f"feesync conflicts map --source {src} --customer \"{customer}\" --student <LMS student id>")
+        commands.append(f"{command} conflicts map --source {src} --customer \"{customer}\" --student <LMS student id>")
     elif kind in ("ambiguous_plan", "no_active_plan", "mapping_stale", "plan_cancelled", "plan_not_created"):
         if invoices:
-            commands.append(f"feesync conflicts map --source {src} --invoice \"{invoices[0]}\" --plan <LMS plan id>")
-        commands.append(f"feesync conflicts retry {cid}")
+            commands.append(f"{command} conflicts map --source {src} --invoice \"{invoices[0]}\" --plan <LMS plan id>")
+        commands.append(f"{command} conflicts retry {cid}")
     elif kind in NOT_RETRYABLE:
-        commands.append(f"feesync conflicts resolve {cid} --note \"what you corrected in the LMS\"")
+        commands.append(f"{command} conflicts resolve {cid} --note \"what you corrected in the LMS\"")
     elif kind != "amended_after_sync":
-        commands.append(f"feesync conflicts retry {cid}")
+        commands.append(f"{command} conflicts retry {cid}")
     if kind in SELF_HEALING:
         cap = getattr(settings, "heal_max_attempts", None)
         every = getattr(settings, "heal_interval", None)
@@ -404,7 +405,7 @@ def guidance(row: dict[str, Any], settings: Any = None) -> dict[str, Any]:
             text += f" The daemon also retries it by itself every {every}" + (
                 f" (attempt {done} of {cap} so far)." if cap is not None else ".")
     if kind not in NOT_RETRYABLE:
-        commands.append(f"feesync conflicts ignore {cid} --note \"why nothing will be written\"")
+        commands.append(f"{command} conflicts ignore {cid} --note \"why nothing will be written\"")
     return {"text": text, "commands": commands}
 
 

@@ -109,7 +109,9 @@ def test_map_an_invoice_to_a_plan_pushes_the_receipts_waiting_for_that_invoice(e
     own = [r["id"] for r in before.values() if r["doc_id"] == NATIVE_INVOICE]
     assert len(waiting) == 1 and len(own) == 1
     shown = json.loads(feesync(env, "conflicts", "show", str(waiting[0]), "--json").stdout)
-    assert f'feesync conflicts map --source erp --invoice "{NATIVE_INVOICE}" --plan <LMS plan id>' in shown["commands"]
+    # the commands carry the operator's --config, so they can be pasted as printed
+    assert (f'feesync --config {env.config} conflicts map --source erp --invoice "{NATIVE_INVOICE}" --plan <LMS plan id>'
+            in shown["commands"])
 
     plans_before = len(env.lms.plans())
     r = feesync(env, "conflicts", "map", "--invoice", NATIVE_INVOICE, "--plan", "7001", "--json")
@@ -183,13 +185,14 @@ def test_show_gives_the_document_what_was_sent_what_the_lms_said_and_the_next_st
     assert data["writes"][0]["body"]["amount"] == 50000 and data["writes"][0]["path"] == "/fee-plans/7003/payments"
     assert data["response"]["remaining_balance"] == 10000
     assert "balance is smaller than the receipt" in data["next_step"]
-    assert f"feesync conflicts retry {cid}" in data["commands"]
+    assert f"feesync --config {env.config} conflicts retry {cid}" in data["commands"]
     text = feesync(env, "conflicts", "show", str(cid)).stdout
     for part in ("What to do next", "POST /fee-plans/7003/payments", "remaining_balance", "50,000 PKR"):
         assert part in text
     ghost = ids_of(env, customer=GHOST)[0]
     shown = json.loads(feesync(env, "conflicts", "show", str(ghost), "--json").stdout)
-    assert f'feesync conflicts map --source erp --customer "{GHOST}" --student <LMS student id>' in shown["commands"]
+    assert (f'feesync --config {env.config} conflicts map --source erp --customer "{GHOST}" --student <LMS student id>'
+            in shown["commands"])
     assert "retries it by itself every 1h (attempt 0 of 3" in shown["next_step"]
     assert feesync(env, "conflicts", "show", "9999").exit_code == 2
 
@@ -229,8 +232,8 @@ def test_a_receipt_the_lms_already_holds_is_never_retried(env):
     out = json.loads(r.stdout)["retried"][0]
     assert out["outcome"].startswith("not retried: the LMS already holds this receipt") and out["status"] == "open"
     assert len(env.lms.payments()) == before
-    assert "feesync conflicts resolve" in json.loads(feesync(env, "conflicts", "show", str(cid), "--json").stdout)[
-        "commands"][0]
+    assert f"feesync --config {env.config} conflicts resolve" in json.loads(
+        feesync(env, "conflicts", "show", str(cid), "--json").stdout)["commands"][0]
 
 
 def test_self_healing_kinds_are_retried_until_they_heal_and_stop_at_the_cap(env):
