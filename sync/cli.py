@@ -12,14 +12,17 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sync import logs
 from sync.config import Settings, load_settings
 from sync.errors import ConfigError, FeesyncError, StateError
 
-console = Console(stderr=False, soft_wrap=False)
-err_console = Console(stderr=True)
+# markup off: ERP and LMS text ("Sana [old account]", "[/closed]") is printed as it is, never read as rich
+# markup; the few styled labels below opt in with markup=True and escape() whatever data they carry.
+console = Console(stderr=False, soft_wrap=False, markup=False)
+err_console = Console(stderr=True, markup=False)
 
 EXIT_OK, EXIT_CONFLICTS, EXIT_FAILURE = 0, 1, 2
 
@@ -47,7 +50,7 @@ def _settings(ctx: click.Context, *, secrets: bool = True) -> Settings:
 
 
 def _fail(msg: str, code: int = EXIT_FAILURE) -> None:
-    err_console.print(f"[red]error:[/red] {logs.redact(msg)}", highlight=False)
+    err_console.print(f"[red]error:[/red] {escape(logs.redact(msg))}", highlight=False, markup=True)
     sys.exit(code)
 
 
@@ -58,7 +61,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
-            err_console.print("[red]configuration problems:[/red]")
+            err_console.print("[red]configuration problems:[/red]", markup=True)
             for p in exc.problems:
                 err_console.print(f"  - {logs.redact(p)}", highlight=False)
             sys.exit(EXIT_FAILURE)
@@ -151,7 +154,7 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, dry
     app = build_app(settings)
     span = (end - start).total_seconds()
     cursor_name = f"backfill:{source}:{start.date()}:{until or 'now'}"
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                   TextColumn("{task.fields[docs]} docs"), TimeElapsedColumn(),
                   console=err_console, disable=as_json or not err_console.is_terminal) as progress:
         task = progress.add_task(f"backfill {source}", total=100.0, docs=0)
@@ -178,8 +181,8 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, dry
 
 def _render_runs(results: list[Any], dry_run: bool) -> None:
     for r in results:
-        console.print(f"[bold]{r.source}[/bold] run {r.run_id} ({r.mode}): {r.status}"
-                      + (f" - {r.error}" if r.error else ""), highlight=False)
+        console.print(f"[bold]{escape(r.source)}[/bold] run {r.run_id} ({r.mode}): {r.status}"
+                      + escape(f" - {r.error}" if r.error else ""), highlight=False, markup=True)
         counts = ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())) or "nothing new"
         console.print(f"  {counts}", highlight=False)
         if r.skipped:
@@ -355,7 +358,8 @@ def conflicts_show(ctx: click.Context, conflict_id: int, as_json: bool) -> None:
 
     def render(d: dict[str, Any]) -> None:
         def line(label: str, value: Any) -> None:
-            console.print(f"[bold]{label:>13}[/bold]  {value if value not in (None, '') else '-'}", highlight=False)
+            console.print(f"[bold]{label:>13}[/bold]  {escape(str(value if value not in (None, '') else '-'))}",
+                          highlight=False, markup=True)
         line("conflict", f"#{d['id']} {d['kind']} ({d['status']})")
         line("document", f"{d['source']} / {d['doc_id']}")
         line("customer", d["customer"])
@@ -366,13 +370,13 @@ def conflicts_show(ctx: click.Context, conflict_id: int, as_json: bool) -> None:
         line("detail", d["detail"])
         if d["status"] != "open":
             line("closed", f"{_short_ts(d['resolved_at'])} by {d['resolved_by']}: {d['note'] or ''}")
-        console.print("\n[bold]What to do next[/bold]")
+        console.print("\n[bold]What to do next[/bold]", markup=True)
         console.print(f"  {d['next_step']}", highlight=False)
         for cmd in d["commands"]:
             console.print(f"    $ {cmd}", highlight=False, soft_wrap=True)
         doc = d.get("document")
         if doc:
-            console.print("\n[bold]The ERP document[/bold]")
+            console.print("\n[bold]The ERP document[/bold]", markup=True)
             keys = ("customer", "customer_email", "amount", "currency", "posting_date", "method", "reference_number",
                     "amended_from")
             for k in keys:
@@ -382,7 +386,7 @@ def conflicts_show(ctx: click.Context, conflict_id: int, as_json: bool) -> None:
             for r in doc.get("references") or []:
                 console.print(f"  reference: {r.get('invoice_id') or '-'} {r.get('amount')} "
                               f"{r.get('installment_term') or ''} plan {r.get('lms_plan_id') or '-'}", highlight=False)
-        console.print("\n[bold]What was sent to the LMS[/bold]")
+        console.print("\n[bold]What was sent to the LMS[/bold]", markup=True)
         if not d["writes"]:
             req = d.get("request")
             as_mapped = f" (as mapped: {json.dumps(req, default=str)})" if req and req != doc else ""
@@ -391,9 +395,9 @@ def conflicts_show(ctx: click.Context, conflict_id: int, as_json: bool) -> None:
             console.print(f"  {w['method']} {w['path']}  key {w['key']}  {w['status']} ({w['attempts']} attempt(s))",
                           highlight=False)
             console.print(f"    body: {json.dumps(w['body'], default=str)}", highlight=False)
-        console.print("\n[bold]What the LMS said[/bold]")
+        console.print("\n[bold]What the LMS said[/bold]", markup=True)
         console.print(f"  {json.dumps(d['response'], default=str) if d.get('response') else '-'}", highlight=False)
-        console.print("\n[bold]History[/bold]")
+        console.print("\n[bold]History[/bold]", markup=True)
         for h in d.get("history", []):
             console.print(f"  {_short_ts(h['at'])}  {h['action']} by {h['actor']}  {h['note'] or ''}", highlight=False)
     _emit(data, as_json, render)
@@ -559,8 +563,8 @@ def conflicts_map(ctx: click.Context, source: str | None, customer: str | None, 
         console.print(f"mapped {d['kind']} {d['erp_id']!r} -> {d['lms_id']} (source {d['source']})"
                       + (f", was {d['previous']}" if d["previous"] else ""), highlight=False)
         if d["shadowed_by_config"]:
-            console.print(f"[yellow]note:[/yellow] the config file maps it to {d['shadowed_by_config']}, which wins",
-                          highlight=False)
+            console.print(f"[yellow]note:[/yellow] the config file maps it to {escape(str(d['shadowed_by_config']))}, "
+                          "which wins", highlight=False, markup=True)
         if d.get("closed"):
             console.print(f"closed the invoice's own conflict(s) {', '.join(f'#{c}' for c in d['closed'])}: "
                           "no plan is created for it", highlight=False)
@@ -686,9 +690,9 @@ def check(ctx: click.Context, as_json: bool, liveness: bool = False) -> None:
 
     def render(d: dict[str, Any]) -> None:
         if d["ok"]:
-            console.print("[green]ok[/green]: configuration valid, LMS and every source reachable")
+            console.print("[green]ok[/green]: configuration valid, LMS and every source reachable", markup=True)
         else:
-            console.print(f"[red]{len(d['problems'])} problem(s):[/red]")
+            console.print(f"[red]{len(d['problems'])} problem(s):[/red]", markup=True)
             for p in d["problems"]:
                 console.print(f"  - {p}", highlight=False)
     _emit(data, as_json, render)
@@ -729,7 +733,7 @@ def demo(work_dir: str, as_json: bool) -> None:
 
 def _render_demo(s: dict[str, Any]) -> None:
     console.print(f"[bold]feesync demo[/bold]: {s['erp_documents']} ERP payment entries -> LMS sandbox "
-                  f"({s['seconds']:.1f} s)", highlight=False)
+                  f"({s['seconds']:.1f} s)", highlight=False, markup=True)
     t = Table("what", "count")
     t.add_row("pushed (ERP receipts recorded in the LMS)", str(s["pushed"]))
     t.add_row("LMS payments written", str(s["lms_writes"] - s["plans_created"] - s["plans_cancelled"]

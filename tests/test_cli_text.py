@@ -1,0 +1,41 @@
+"""Operator text prints ERP data exactly as the ERP holds it: square brackets in a customer name or a
+document id are text, never terminal markup (which would hide part of the name or crash the command)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from tests import proc, scenario
+
+HOSTILE = ["Omar [/closed]", "Sana [old account]", "Ali [bold]Khan[/bold]", "[link=http://x]Zed[/link]"]
+
+
+def test_bracketed_erp_text_is_printed_verbatim_by_once_list_and_show(sandboxes, tmp_path):
+    scn = scenario.build(n_students=1, receipts_per_student=1)
+    pes = scn["erp_data"]["documents"]["Payment Entry"]
+    base = scenario.datetime(2026, 11, 2, 9, 0, tzinfo=scenario.KHI)
+    for i, name in enumerate(HOSTILE):   # customers the LMS has no student for: unknown_student conflicts
+        pes.append(scenario.new_receipt(900 + i, name, 1000 + i, None, base + timedelta(seconds=i)))
+    lms, erp = sandboxes(scn)
+    cfg = proc.write_config(tmp_path, lms, erp)
+    wide = {"COLUMNS": "160"}
+
+    once = proc.run("--config", str(cfg), "once", extra_env=wide)
+    assert once.returncode == 1, once.stderr[-2000:]   # conflicts were opened
+    assert "unknown_student 4" in once.stdout
+
+    listed = proc.run("--config", str(cfg), "conflicts", "list", extra_env=wide)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert "Traceback" not in listed.stderr
+    for name in HOSTILE:
+        assert name[:18] in listed.stdout, (name, listed.stdout)
+    assert "\x1b]8;" not in listed.stdout   # no terminal hyperlink escape from "[link=...]"
+
+    rows = json.loads(proc.run("--config", str(cfg), "conflicts", "list", "--json").stdout)["conflicts"]
+    by_customer = {r["customer"]: r["id"] for r in rows}
+    assert set(by_customer) == set(HOSTILE)
+    for name in HOSTILE:
+        shown = proc.run("--config", str(cfg), "conflicts", "show", str(by_customer[name]), extra_env=wide)
+        assert shown.returncode == 0, shown.stderr[-3000:]
+        assert f"customer  {name}" in shown.stdout, shown.stdout
