@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -224,8 +223,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
                       str(s["open_conflicts"]))
         console.print(t)
         console.print("docs done: ERP documents (receipts, invoices, credit notes) whose LMS writes are all made; "
-                      "open: open conflicts. Documents by status and the last runs: feesync status --json",
+                      "open: open conflicts. Times are UTC. Documents by status and the last runs:",
                       style="dim", highlight=False)
+        console.print(f"  {ops.command_prefix(settings)} status --json", style="dim", highlight=False,
+                      soft_wrap=True)
     _emit(data, as_json, render)
 
 
@@ -348,9 +349,7 @@ def conflicts_show(ctx: click.Context, conflict_id: int, as_json: bool) -> None:
     settings = _settings(ctx.find_root(), secrets=False)
     store = _store(ctx)
     try:
-        config = ctx.find_root().ensure_object(dict).get("config")
-        command = f"feesync --config {shlex.quote(str(config))}" if config else "feesync"
-        data = ops.show_conflict(store, conflict_id, settings=settings, command=command)
+        data = ops.show_conflict(store, conflict_id, settings=settings, command=ops.command_prefix(settings))
     finally:
         store.close()
     if data is None:
@@ -365,11 +364,11 @@ def conflicts_show(ctx: click.Context, conflict_id: int, as_json: bool) -> None:
         line("customer", d["customer"])
         line("amount", ops.money_display(d["amount"], d["currency"]))
         line("LMS receipt", d["lms_receipt"])
-        line("opened", f"{_short_ts(d['created_at'])} ({d['age']} ago), attempts {d['attempts']}, "
+        line("opened", f"{_short_ts(d['created_at'])} UTC ({d['age']} ago), attempts {d['attempts']}, "
                        f"automatic retries {d['auto_retries']}")
         line("detail", d["detail"])
         if d["status"] != "open":
-            line("closed", f"{_short_ts(d['resolved_at'])} by {d['resolved_by']}: {d['note'] or ''}")
+            line("closed", f"{_short_ts(d['resolved_at'])} UTC by {d['resolved_by']}: {d['note'] or ''}")
         console.print("\n[bold]What to do next[/bold]", markup=True)
         console.print(f"  {d['next_step']}", highlight=False)
         for cmd in d["commands"]:
@@ -397,7 +396,7 @@ def conflicts_show(ctx: click.Context, conflict_id: int, as_json: bool) -> None:
             console.print(f"    body: {json.dumps(w['body'], default=str)}", highlight=False)
         console.print("\n[bold]What the LMS said[/bold]", markup=True)
         console.print(f"  {json.dumps(d['response'], default=str) if d.get('response') else '-'}", highlight=False)
-        console.print("\n[bold]History[/bold]", markup=True)
+        console.print("\n[bold]History[/bold] (UTC)", markup=True)
         for h in d.get("history", []):
             console.print(f"  {_short_ts(h['at'])}  {h['action']} by {h['actor']}  {h['note'] or ''}", highlight=False)
     _emit(data, as_json, render)

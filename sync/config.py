@@ -13,7 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from sync import contract as C
@@ -218,6 +219,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FEESYNC_", env_nested_delimiter="__", extra="forbid")
     toml_path: ClassVar[Path | None] = None
+    _config_file: str | None = PrivateAttr(default=None)   # the TOML file it was read from, as given
+
+    @property
+    def config_file(self) -> str | None:
+        return self._config_file
 
     state_path: str = "./feesync-state.db"
     state_url: SecretStr | None = None   # e.g. postgresql+psycopg://user:pass@host/db (replicas share it)
@@ -368,6 +374,7 @@ def load_settings(path: str | Path | None = None, *, secrets: bool = True, **ove
         raise ConfigError(f"config file {str(toml_path)!r}: {exc}") from None
     finally:
         Settings.toml_path = None
+    settings._config_file = str(toml_path) if toml_path else None
     problems: list[str] = missing_secrets(settings) if secrets else []
     for name, src in settings.sources.items():
         if not src.interval and not src.cron:

@@ -15,6 +15,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shlex
+import shutil
+import sys
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -370,6 +374,22 @@ def _invoices_of(document: dict[str, Any] | None) -> list[str]:
     if not document:
         return []
     return [r["invoice_id"] for r in document.get("references") or [] if r.get("invoice_id")]
+
+
+def command_prefix(settings: Any = None, *, absolute: bool = False) -> str:
+    """How the operator runs feesync, so printed commands paste as they are: the program as it was
+    started when `feesync` on PATH is not that program (e.g. `.venv/bin/feesync`), plus `--config FILE`
+    when the settings came from a file (absolute for reports, which are read from anywhere)."""
+    program = "feesync"
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "feesync":
+        on_path = shutil.which("feesync")
+        if on_path is None or os.path.realpath(on_path) != os.path.realpath(argv0):
+            program = os.path.abspath(argv0) if absolute else argv0
+    config = getattr(settings, "config_file", None)
+    if config:
+        return f"{program} --config {shlex.quote(os.path.abspath(config) if absolute else config)}"
+    return program
 
 
 def guidance(row: dict[str, Any], settings: Any = None, *, command: str = "feesync") -> dict[str, Any]:

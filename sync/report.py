@@ -63,8 +63,9 @@ def parse_schedule(value: str, tz: Any) -> Any:
 def report_data(store: Store, settings: Any = None, *, now: datetime | None = None) -> dict[str, Any]:
     now = now or utcnow()
     rows = ops.list_conflicts(store, status="open", sort="age", now=now)
+    command = ops.command_prefix(settings, absolute=True)
     for r in rows:
-        guide = ops.guidance(r, settings)
+        guide = ops.guidance(r, settings, command=command)
         r["next_step"] = guide["text"]
         r["commands"] = guide["commands"]
     configured = list(settings.sources) if settings is not None else []

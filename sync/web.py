@@ -364,7 +364,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, ops.conflicts_payload(rows, self.st.clock()))
         m = _API_DETAIL.match(path)
         if m:
-            row = ops.show_conflict(app.store, int(m.group(1)), settings=app.settings)
+            row = ops.show_conflict(app.store, int(m.group(1)), settings=app.settings,
+                                     command=ops.command_prefix(app.settings, absolute=True))
             if row is None:
                 raise _Refused(404, "no such conflict")
             return self._json(200, row)
@@ -490,7 +491,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _detail(self, cid: int, session: tuple[str, dict[str, Any]] | None) -> str | None:
         app = self.st.app
-        row = ops.show_conflict(app.store, cid, settings=app.settings)
+        row = ops.show_conflict(app.store, cid, settings=app.settings,
+                                command=ops.command_prefix(app.settings, absolute=True))
         if row is None:
             return None
         tz = self.st.tz

@@ -39,3 +39,33 @@ def test_bracketed_erp_text_is_printed_verbatim_by_once_list_and_show(sandboxes,
         shown = proc.run("--config", str(cfg), "conflicts", "show", str(by_customer[name]), extra_env=wide)
         assert shown.returncode == 0, shown.stderr[-3000:]
         assert f"customer  {name}" in shown.stdout, shown.stdout
+
+
+def test_printed_next_steps_name_the_program_and_config_as_the_operator_ran_them(sandboxes, tmp_path):
+    """`.venv/bin/feesync --config feesync.toml conflicts show` (feesync not on PATH) prints commands
+    that start the same way, so they paste as printed; the report carries the absolute config path."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    scn = scenario.build(n_students=1, receipts_per_student=1)
+    scn["erp_data"]["documents"]["Payment Entry"].append(scenario.new_receipt(
+        900, "Nobody Known", 1000, None, scenario.datetime(2026, 11, 2, 9, 0, tzinfo=scenario.KHI)))
+    lms, erp = sandboxes(scn)
+    proc.write_config(tmp_path, lms, erp)
+    program = str(Path(sys.executable).parent / "feesync")
+    env = proc.env({"PATH": "/usr/bin:/bin", "COLUMNS": "200"})
+
+    def run(*args):
+        return subprocess.run([program, "--config", "feesync.toml", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert run("once").returncode == 1
+    cid = json.loads(run("conflicts", "list", "--json").stdout)["conflicts"][0]["id"]
+    shown = json.loads(run("conflicts", "show", str(cid), "--json").stdout)
+    assert shown["commands"][0] == (f'{program} --config feesync.toml conflicts map --source erp '
+                                    f'--customer "Nobody Known" --student <LMS student id>')
+    assert f"$ {program} --config feesync.toml conflicts ignore {cid} --note" in run("conflicts", "show", str(cid)).stdout
+    assert f"{program} --config feesync.toml status --json" in run("status").stdout
+    report = run("report", "--out", "rep", "--json")
+    assert report.returncode == 0, report.stderr[-2000:]
+    html = (tmp_path / "rep" / "feesync-report.html").read_text()
+    assert f"{program} --config {tmp_path / 'feesync.toml'} conflicts map" in html

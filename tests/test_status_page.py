@@ -91,7 +91,9 @@ def test_a_person_filters_opens_and_resolves_a_conflict_in_chromium_only_with_th
 
     browser.click_and_wait("#conflicts tbody tr:nth-child(3) a.open-conflict")
     cid = int(re.search(r"/conflicts/(\d+)$", browser.url).group(1))
-    assert "Phantom Payer" in browser.text("#conflict") and "feesync conflicts map" in browser.text("#next-step")
+    assert "Phantom Payer" in browser.text("#conflict")
+    # the commands carry the daemon's config file, absolute, so they paste into any shell
+    assert f"feesync --config {env.config} conflicts map" in browser.text("#next-step")
     browser.screenshot("status-03-detail.png")
 
     browser.fill("#resolve-form textarea[name=note]", "paid back in cash; nothing to record")
