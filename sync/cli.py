@@ -49,7 +49,7 @@ def _settings(ctx: click.Context, *, secrets: bool = True) -> Settings:
 
 
 def _fail(msg: str, code: int = EXIT_FAILURE) -> None:
-    err_console.print(f"[red]error:[/red] {escape(logs.redact(msg))}", highlight=False, markup=True)
+    err_console.print(f"[red]error:[/red] {escape(logs.redact(msg))}", highlight=False, markup=True, soft_wrap=True)
     sys.exit(code)
 
 
@@ -62,12 +62,14 @@ class _Group(click.Group):
         except ConfigError as exc:
             err_console.print("[red]configuration problems:[/red]", markup=True)
             for p in exc.problems:
-                err_console.print(f"  - {logs.redact(p)}", highlight=False)
+                err_console.print(f"  - {logs.redact(p)}", highlight=False, soft_wrap=True)
             sys.exit(EXIT_FAILURE)
         except StateError as exc:
             _fail(str(exc))
         except FeesyncError as exc:
             _fail(f"{type(exc).__name__}: {exc}")
+        except OSError as exc:   # a path the operator gave: missing folder, no permission, a directory
+            _fail(f"{exc.strerror or type(exc).__name__}: {exc.filename or exc}")
 
 
 @click.group(cls=_Group)
@@ -594,6 +596,7 @@ def conflicts_export(ctx: click.Context, fmt: str, out: str, status_: str, kinds
     if out == "-":
         click.echo(text, nl=False)
     else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text, encoding="utf-8")
         err_console.print(f"{len(rows)} conflict(s) written to {out}", highlight=False)
 

@@ -357,12 +357,19 @@ class Store:
         dest = Path(dest)
         if dest.exists():
             raise StateError(f"{str(dest)!r} exists; choose a new file")
+        if not dest.parent.is_dir():
+            raise StateError(f"folder {str(dest.parent)!r} does not exist; create it or choose another path")
         src = sqlite3.connect(self.path)
-        out = sqlite3.connect(dest)
         try:
-            src.backup(out)
+            out = sqlite3.connect(dest)
+            try:
+                src.backup(out)
+            finally:
+                out.close()
+        except sqlite3.Error as exc:
+            dest.unlink(missing_ok=True)   # never leave a half copy that looks like a backup
+            raise StateError(f"backup to {str(dest)!r} failed: {exc}") from None
         finally:
-            out.close()
             src.close()
         return dest
 

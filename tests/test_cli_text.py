@@ -69,3 +69,21 @@ def test_printed_next_steps_name_the_program_and_config_as_the_operator_ran_them
     assert report.returncode == 0, report.stderr[-2000:]
     html = (tmp_path / "rep" / "feesync-report.html").read_text()
     assert f"{program} --config {tmp_path / 'feesync.toml'} conflicts map" in html
+
+
+def test_a_missing_folder_is_a_clear_refusal_or_is_created_never_a_traceback(tmp_path):
+    from sync.state import Store
+    Store.open(tmp_path / "state.db").close()
+    cfg = tmp_path / "feesync.toml"
+    cfg.write_text(f'state_path = "{tmp_path / "state.db"}"\n')
+    backup = proc.run("--config", str(cfg), "state", "backup", str(tmp_path / "no" / "such" / "b.db"), secrets=False)
+    assert backup.returncode == 2 and "Traceback" not in backup.stderr
+    assert f"folder '{tmp_path / 'no' / 'such'}' does not exist" in backup.stderr
+    assert not (tmp_path / "no").exists()
+    out = tmp_path / "new" / "dir" / "c.csv"
+    export = proc.run("--config", str(cfg), "conflicts", "export", "--format", "csv", "--out", str(out), secrets=False)
+    assert export.returncode == 0, export.stderr
+    assert out.read_text().splitlines()[0].startswith("id,")
+    denied = proc.run("--config", str(cfg), "conflicts", "export", "--format", "csv", "--out", str(tmp_path),
+                      secrets=False)
+    assert denied.returncode == 2 and "Traceback" not in denied.stderr and "is a directory" in denied.stderr
