@@ -277,6 +277,13 @@ def _money_line(money: dict[str, str]) -> str:
     return ", ".join(ops.money_display(v, c) for c, v in money.items()) or "-"
 
 
+def _billed_line(totals: dict[str, Any]) -> str:
+    """Invoice totals and credit notes in conflict: shown beside the money at stake, never added to it."""
+    parts = [f"{label} {_money_line(totals[key])}" for key, label in (
+        ("invoiced_in_conflict", "invoices"), ("credited_in_conflict", "credit notes")) if totals.get(key)]
+    return f" (not counted: {'; '.join(parts)})" if parts else ""
+
+
 def _conflict_table(rows: list[dict[str, Any]], *, show_status: bool = False) -> Table:
     """Fits the terminal: the detail (and the source) only where there is room (`show` has everything)."""
     from sync import ops
@@ -334,8 +341,8 @@ def conflicts_list(ctx: click.Context, status_: str, kinds: tuple[str, ...], sou
     def render(data: dict[str, Any]) -> None:
         console.print(_conflict_table(data["conflicts"], show_status=status_ != "open"))
         shown = f" (showing {len(data['conflicts'])})" if len(data["conflicts"]) < data["total"] else ""
-        console.print(f"{data['total']} conflict(s){shown}; money at stake: {_money_line(data['money_at_stake'])}",
-                      highlight=False)
+        console.print(f"{data['total']} conflict(s){shown}; money at stake: {_money_line(data['money_at_stake'])}"
+                      + _billed_line(data), highlight=False)
         if data["by_kind"]:
             console.print("by kind: " + ", ".join(f"{k} {v}" for k, v in data["by_kind"].items()), highlight=False)
     _emit(payload, as_json, render)
@@ -621,8 +628,8 @@ def report(ctx: click.Context, out_dir: str | None, as_json: bool) -> None:
         t = d["totals"]
         console.print(f"report: {d['html']}", highlight=False, soft_wrap=True)
         console.print(f"csv:    {d['conflicts_csv']}, {d['totals_csv']}", highlight=False, soft_wrap=True)
-        console.print(f"{t['total']} open conflict(s); money at stake: {_money_line(t['money_at_stake'])}",
-                      highlight=False)
+        console.print(f"{t['total']} open conflict(s); money at stake: {_money_line(t['money_at_stake'])}"
+                      + _billed_line(t), highlight=False)
     _emit(result, as_json, render)
 
 

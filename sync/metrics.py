@@ -31,6 +31,7 @@ from prometheus_client.core import (
 from sqlalchemy import func, select
 
 from sync import reconcile as recon
+from sync import ops
 from sync.ops import to_amount
 from sync.state import Store, conflicts, cursors, documents, runs, writes
 from sync.times import parse_iso, utcnow
@@ -57,7 +58,7 @@ class StateCollector:
         pushed = CounterMetricFamily("feesync_receipts_pushed", "ERP receipts recorded in the LMS", labels=["source"])
         wr = CounterMetricFamily("feesync_lms_writes", "Ledger writes by status", labels=["source", "status"])
         open_c = GaugeMetricFamily("feesync_conflicts_open", "Open conflicts", labels=["source", "kind"])
-        stake = GaugeMetricFamily("feesync_money_at_stake", "Sum of the amounts of open conflicts",
+        stake = GaugeMetricFamily("feesync_money_at_stake", "Money the ERP received that open conflicts keep out of the LMS",
                                   labels=["currency"])
         dur = SummaryMetricFamily("feesync_run_duration_seconds", "Duration of finished sync runs", labels=["source"])
         last_dur = GaugeMetricFamily("feesync_last_run_duration_seconds", "Duration of the last finished run",
@@ -78,12 +79,17 @@ class StateCollector:
                 wr.add_metric([source, status], n)
             money: dict[str, Decimal] = defaultdict(Decimal)
             counts: Counter[tuple[str, str]] = Counter()
-            for source, kind, amount, currency in c.execute(select(
-                    conflicts.c.source, conflicts.c.kind, conflicts.c.amount, conflicts.c.currency).where(
-                    conflicts.c.status == "open")):
+            doc = documents.alias("d")
+            for source, kind, amount, currency, event_kind in c.execute(select(
+                    conflicts.c.source, conflicts.c.kind, conflicts.c.amount, conflicts.c.currency, doc.c.event_kind)
+                    .select_from(conflicts.outerjoin(doc, (doc.c.source == conflicts.c.source)
+                                                     & (doc.c.doc_id == conflicts.c.doc_id)))
+                    .where(conflicts.c.status == "open")):
                 counts[(source, kind)] += 1
                 value = to_amount(amount)
-                if value is not None:
+                # the same rule as ops.totals: invoices' totals and credit notes are not money received
+                if value is not None and ops.DOCUMENT_KINDS.get(event_kind or "", "other") not in ("invoice",
+                                                                                                   "credit_note"):
                     money[currency or "?"] += value
             for (source, kind), n in sorted(counts.items()):
                 open_c.add_metric([source, kind], n)

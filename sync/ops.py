@@ -249,13 +249,32 @@ def list_conflicts(store: Store, *, status: str = "open", kind: str | Iterable[s
             needle = student.strip().lower()
             rows = [r for r in rows if (r["customer"] or "") in mapped or needle in (r["customer"] or "").lower()]
         heal_counts = _heal_counts(c, [r["id"] for r in rows])
+        doc_kinds = _document_kinds(c, rows)
     for r in rows:
         _decorate(r, now, heal_counts.get(r["id"], 0))
+        r["document_kind"] = DOCUMENT_KINDS.get(doc_kinds.get((r["source"], r["doc_id"]), ""), "other")
     if sort == "amount":
         rows.sort(key=lambda r: (to_amount(r["amount"]) is None, -(to_amount(r["amount"]) or 0), r["id"]))
     elif sort == "age":
         rows.sort(key=lambda r: (r["created_at"], r["id"]))
     return rows[:limit] if limit else rows
+
+
+# What an open conflict's amount is: money the ERP received (a receipt: "money at stake"), an invoice's
+# total (billed, not received) or a credit note's amount. Counted apart, so the headline is money received.
+DOCUMENT_KINDS = {"PaymentReceived": "receipt", "PaymentCancelled": "receipt", "PlanIssued": "invoice",
+                  "PlanCancelled": "invoice", "CreditNoteIssued": "credit_note"}
+
+
+def _document_kinds(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    out: dict[tuple[str, str], str] = {}
+    for source in {r["source"] for r in rows}:
+        ids = sorted({r["doc_id"] for r in rows if r["source"] == source})
+        for i in range(0, len(ids), 500):
+            q = select(documents.c.doc_id, documents.c.event_kind).where(
+                documents.c.source == source, documents.c.doc_id.in_(ids[i:i + 500]))
+            out.update({(source, d): k for d, k in conn.execute(q)})
+    return out
 
 
 def _heal_counts(conn: Connection, ids: list[int]) -> dict[int, int]:
@@ -274,6 +293,9 @@ def _decorate(r: dict[str, Any], now: datetime, heals: int = 0) -> None:
     r["auto_retries"] = heals
     r["retryable"] = r["kind"] not in NOT_RETRYABLE
     r["next_step"] = NEXT_STEPS.get(r["kind"], DEFAULT_NEXT_STEP)
+    amount = to_amount(r.get("amount"))
+    if amount is not None:
+        r["amount"] = money_text(amount)   # one plain form ("20000", "18749.5") whatever the ERP sent
     for k in ("request", "response"):
         if isinstance(r.get(k), str):
             try:
@@ -287,6 +309,8 @@ def totals(rows: list[dict[str, Any]], now: datetime | None = None) -> dict[str,
     strings), age buckets, and the oldest and largest items."""
     now = now or utcnow()
     money: dict[str, Decimal] = defaultdict(Decimal)
+    invoiced: dict[str, Decimal] = defaultdict(Decimal)
+    credited: dict[str, Decimal] = defaultdict(Decimal)
     by_kind_money: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     by_source_money: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     ages: Counter[str] = Counter()
@@ -297,7 +321,8 @@ def totals(rows: list[dict[str, Any]], now: datetime | None = None) -> dict[str,
         if amount is None:
             no_amount += 1
         else:
-            money[cur] += amount
+            doc_kind = r.get("document_kind", "receipt")
+            {"invoice": invoiced, "credit_note": credited}.get(doc_kind, money)[cur] += amount
             by_kind_money[r["kind"]][cur] += amount
             by_source_money[r["source"]][cur] += amount
         age = timedelta(seconds=r.get("age_seconds", (now - parse_iso(r["created_at"])).total_seconds()))
@@ -319,7 +344,9 @@ def totals(rows: list[dict[str, Any]], now: datetime | None = None) -> dict[str,
         "by_kind": dict(sorted(Counter(r["kind"] for r in rows).items())),
         "by_source": dict(sorted(Counter(r["source"] for r in rows).items())),
         "by_status": dict(sorted(Counter(r["status"] for r in rows).items())),
-        "money_at_stake": _m(money),
+        "money_at_stake": _m(money),            # receipts: money the ERP received that the LMS lacks
+        "invoiced_in_conflict": _m(invoiced),   # invoice totals (fee plans not created or not mapped)
+        "credited_in_conflict": _m(credited),   # credit notes not applied
         "amount_by_kind": {k: _m(v) for k, v in sorted(by_kind_money.items())},
         "amount_by_source": {k: _m(v) for k, v in sorted(by_source_money.items())},
         "without_amount": no_amount,

@@ -91,7 +91,8 @@ def write_report(store: Store, settings: Any, out_dir: str | Path, *, now: datet
     _atomic(totals_path, totals_csv(data["totals"]))
     return {"html": str(html_path), "conflicts_csv": str(conflicts_path), "totals_csv": str(totals_path),
             "generated_at": data["generated_at"], "totals": {k: data["totals"][k] for k in (
-                "total", "by_kind", "by_source", "money_at_stake", "amount_by_kind")},
+                "total", "by_kind", "by_source", "money_at_stake", "invoiced_in_conflict", "credited_in_conflict",
+                "amount_by_kind")},
             "reconciliations": [{"source": r["source"], "finished_at": r["finished_at"], "counts": r["counts"]}
                                 for r in data["reconciliations"]]}
 
@@ -107,8 +108,9 @@ def totals_csv(t: dict[str, Any]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["group", "name", "count", "currency", "amount"])
     w.writerow(["all", "open conflicts", t["total"], "", ""])
-    for cur, amount in t["money_at_stake"].items():
-        w.writerow(["money_at_stake", "all", "", cur, amount])
+    for key in ("money_at_stake", "invoiced_in_conflict", "credited_in_conflict"):
+        for cur, amount in t.get(key, {}).items():
+            w.writerow([key, "all", "", cur, amount])
     for group, counts, amounts in (("kind", t["by_kind"], t["amount_by_kind"]),
                                    ("source", t["by_source"], t["amount_by_source"])):
         for name, count in counts.items():
@@ -139,13 +141,21 @@ def render_html(data: dict[str, Any]) -> str:
     healing = sum(1 for r in data["conflicts"] if r["self_healing"])
     parts = [
         f"<p class=\"muted\">Generated {esc(local_time(data['generated_at'], tz))} ({esc(tz)}) from the state store. "
-        "Each open conflict is an ERP receipt that is not (or not correctly) in the LMS; the table at the end "
-        "says what to do next for each one.</p>",
+        "Each open conflict is an ERP document (a receipt, an invoice or a credit note) that is not, or not "
+        "correctly, in the LMS; the table at the end says what to do next for each one. The money at stake "
+        "counts receipts only: money the ERP received that the LMS does not show. Invoice totals and credit "
+        "notes in conflict are shown beside it, not added to it.</p>",
         "<div class=\"cards\">",
         f"<div class=\"card\"><div class=\"label\">Open conflicts</div>"
         f"<div class=\"value\" id=\"total-open\"{attrs(data_value=t['total'])}>{t['total']}</div></div>",
-        f"<div class=\"card\"><div class=\"label\">Money at stake</div><ul class=\"value\" id=\"money-at-stake\">"
-        f"{money_items}</ul></div>",
+        f"<div class=\"card\"><div class=\"label\">Money at stake (receipts)</div><ul class=\"value\" "
+        f"id=\"money-at-stake\">{money_items}</ul></div>",
+        *(f"<div class=\"card\"><div class=\"label\">{label} in conflict (not counted)</div>"
+          f"<ul class=\"value\" id=\"{key.replace('_', '-')}\">"
+          + "".join(f"<li{attrs(data_currency=cur, data_value=val)}>{esc(ops.money_display(val, cur))}</li>"
+                    for cur, val in t[key].items()) + "</ul></div>"
+          for key, label in (("invoiced_in_conflict", "Invoices"), ("credited_in_conflict", "Credit notes"))
+          if t.get(key)),
         f"<div class=\"card\"><div class=\"label\">Oldest</div><div class=\"value\">{esc(oldest)}</div></div>",
         f"<div class=\"card\"><div class=\"label\">Self-healing (retried by the daemon)</div>"
         f"<div class=\"value\">{healing}</div></div>",

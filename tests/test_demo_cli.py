@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
+from decimal import Decimal
 
 from sync.demo_data import answer_key, build_demo
 from tests import proc
@@ -23,6 +25,20 @@ def test_demo_pushes_and_opens_conflicts_then_a_second_run_pushes_nothing(tmp_pa
         rows = list(csv.DictReader(fh))
     assert len(rows) == s1["open_conflicts"]
     assert {r["kind"] for r in rows} == set(s1["conflicts"])
+
+    # the money at stake counts money received (receipts); invoice totals and credit notes in conflict
+    # stand beside it (the demo has unknown-student invoices whose receipts also wait: no double count)
+    listed = json.loads(proc.run("--config", s1["config"], "conflicts", "list", "--json", secrets=False).stdout)
+    with sqlite3.connect(s1["state"]) as db:
+        by_doc_kind = dict(db.execute(
+            "SELECT d.event_kind, group_concat(c.amount, ' ') FROM conflicts c JOIN documents d ON "
+            "d.source = c.source AND d.doc_id = c.doc_id WHERE c.status = 'open' GROUP BY d.event_kind"))
+    received = sum(Decimal(a) for a in by_doc_kind.pop("PaymentReceived").split())
+    assert sum(Decimal(v) for v in listed["money_at_stake"].values()) == received   # PKR and USD receipts
+    assert Decimal(listed["invoiced_in_conflict"]["PKR"]) == sum(Decimal(a) for a in by_doc_kind["PlanIssued"].split())
+    assert Decimal(listed["credited_in_conflict"]["PKR"]) == sum(
+        Decimal(a) for a in by_doc_kind["CreditNoteIssued"].split())
+    assert Decimal(listed["invoiced_in_conflict"]["PKR"]) > 0
 
     second = proc.run("demo", "--dir", str(tmp_path), "--json", secrets=False, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
