@@ -92,6 +92,10 @@ def _via_state(settings: Any, now: datetime) -> dict[str, Any]:
         store.close()
     problems: list[str] = []
     sources: dict[str, Any] = {}
+    if not any(src.enabled for src in settings.sources.values()):
+        # nothing a daemon would run: "healthy" would be vacuous, and a probe must not pass on a wrong config
+        problems.append("the configuration has no enabled source, so no daemon syncs anything; "
+                        "check the config file the probe reads (--config or FEESYNC_CONFIG)")
     for name, src in sorted(settings.sources.items()):
         if not src.enabled:
             continue

@@ -87,3 +87,15 @@ def test_a_missing_folder_is_a_clear_refusal_or_is_created_never_a_traceback(tmp
     denied = proc.run("--config", str(cfg), "conflicts", "export", "--format", "csv", "--out", str(tmp_path),
                       secrets=False)
     assert denied.returncode == 2 and "Traceback" not in denied.stderr and "is a directory" in denied.stderr
+
+
+def test_liveness_on_a_config_without_sources_is_not_healthy(tmp_path):
+    """The demo's config (state only, no source): nothing would sync, so the probe must not say alive."""
+    from sync.state import Store
+    Store.open(tmp_path / "state.db").close()
+    cfg = tmp_path / "feesync.toml"
+    cfg.write_text(f'state_path = "{tmp_path / "state.db"}"\n')
+    probe = proc.run("--config", str(cfg), "check", "--liveness", "--json", secrets=False)
+    assert probe.returncode == 1, probe.stdout + probe.stderr
+    data = json.loads(probe.stdout)
+    assert data["ok"] is False and "no enabled source" in data["problems"][0]
