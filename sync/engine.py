@@ -402,6 +402,11 @@ class Engine:
 
     def _release_failed(self, run: _Run, invoice: str, why: str) -> None:
         """The plan of `invoice` will not be created in this run: its waiters become conflicts now."""
+        if run.waiting.get(invoice) and not run.dry_run:
+            with self.store.tx() as conn:
+                ids = [c["id"] for c in self.store.open_conflicts_for(conn, run.source, invoice)]
+            if ids:   # name the invoice's own conflict, so a person goes straight to the cause
+                why = why.replace("see its conflict", "see its conflict " + ", ".join(f"#{i}" for i in ids))
         for ev in run.waiting.pop(invoice, []):
             self._conflict(run, ev, ConflictError(
                 "plan_not_created", f"invoice {invoice} has no LMS plan: {why}; this receipt is retried once the "

@@ -90,6 +90,10 @@ NOT_RETRYABLE = {
     "idempotency_key_reused": "the LMS holds another request under this key; a new key could record the "
                               "money twice; inspect both, then resolve",
 }
+# Kinds whose next step is done by hand in the LMS: `resolve` is the command (a retry fails the same way).
+BY_HAND_ONLY = {"partial_credit_note"}
+# Kinds fixed either in the ERP/LMS and retried, or recorded by hand and resolved: both commands.
+BY_HAND_TOO = {"currency_mismatch", "fractional_amount", "overpayment", "plan_cancelled", "lms_conflict"}
 # Kinds a customer -> student mapping can unblock (everything that depends on which student it is).
 STUDENT_KINDS = {"unknown_student", "ambiguous_student", "no_active_plan", "ambiguous_plan", "currency_mismatch",
                  "mapping_stale", "plan_cancelled", "plan_completed", "overpayment", "installment_closed",
@@ -438,10 +442,12 @@ def guidance(row: dict[str, Any], settings: Any = None, *, command: str = "feesy
         if invoices:
             commands.append(f"{command} conflicts map --source {src} --invoice \"{invoices[0]}\" --plan <LMS plan id>")
         commands.append(f"{command} conflicts retry {cid}")
-    elif kind in NOT_RETRYABLE:
+    elif kind in NOT_RETRYABLE or kind in BY_HAND_ONLY:
         commands.append(f"{command} conflicts resolve {cid} --note \"what you corrected in the LMS\"")
     elif kind != "amended_after_sync":
         commands.append(f"{command} conflicts retry {cid}")
+    if kind in BY_HAND_TOO:
+        commands.append(f"{command} conflicts resolve {cid} --note \"recorded by hand in the LMS\"")
     if kind in SELF_HEALING:
         cap = getattr(settings, "heal_max_attempts", None)
         every = getattr(settings, "heal_interval", None)

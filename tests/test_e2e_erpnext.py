@@ -29,11 +29,13 @@ def synced(tmp_path_factory):
             with app.store.engine.connect() as c:
                 open_rows = c.execute(select(conflicts.c.doc_id, conflicts.c.kind)
                                       .where(conflicts.c.status == "open")).all()
+                open_full = c.execute(select(conflicts.c.id, conflicts.c.doc_id, conflicts.c.kind, conflicts.c.detail)
+                                      .where(conflicts.c.status == "open")).all()
                 done = c.execute(select(writes.c.op, writes.c.receipt_number)
                                  .where(writes.c.status == "done")).all()
                 pushed = c.execute(select(documents.c.doc_id).where(documents.c.status == "pushed")).scalars().all()
             yield {"data": data, "exp": data.expected, "first": first, "second": second, "payments": after_first,
-                   "final_payments": lms.payments(), "open": open_rows, "done": done, "pushed": pushed,
+                   "final_payments": lms.payments(), "open": open_rows, "open_full": open_full, "done": done, "pushed": pushed,
                    "plans": lms.plans()}
         finally:
             app.close()
@@ -90,6 +92,16 @@ def test_each_unmappable_document_has_an_open_conflict_of_the_right_kind(synced)
             assert accepted & by_doc.get(name, set()), f"{name} should have an open {kind} conflict"
     for inv in synced["exp"]["unknown_student_invoices"]:
         assert "unknown_student" in by_doc.get(inv, set())
+
+
+def test_a_receipt_waiting_for_an_unmappable_invoice_names_that_invoices_conflict(synced):
+    """plan_not_created says which conflict to fix first: the invoice's own, by id."""
+    invoice_conflict = {doc: cid for cid, doc, kind, _ in synced["open_full"] if kind == "unknown_student"}
+    waiting = [(doc, detail) for _, doc, kind, detail in synced["open_full"] if kind == "plan_not_created"]
+    named = [(doc, detail) for doc, detail in waiting
+             if any(f"invoice {inv} has no LMS plan: see its conflict #{cid} (unknown_student)" in detail
+                    for inv, cid in invoice_conflict.items())]
+    assert named and len(named) >= len(synced["exp"]["unknown_student_invoices"])
 
 
 def test_ledger_agrees_with_the_lms(synced):

@@ -195,6 +195,11 @@ def test_show_gives_the_document_what_was_sent_what_the_lms_said_and_the_next_st
             in shown["commands"])
     assert "retries it by itself every 1h (attempt 0 of 3" in shown["next_step"]
     assert feesync(env, "conflicts", "show", "9999").exit_code == 2
+    # "correct it in the ERP or record it by hand": both ways have their command
+    cur = ids_of(env, kind="currency_mismatch")[0]
+    cmds = json.loads(feesync(env, "conflicts", "show", str(cur), "--json").stdout)["commands"]
+    assert f"feesync --config {env.config} conflicts retry {cur}" in cmds
+    assert f'feesync --config {env.config} conflicts resolve {cur} --note "recorded by hand in the LMS"' in cmds
 
 
 def test_bulk_retry_asks_with_the_count_and_the_yes_flag_skips_the_question(env):
