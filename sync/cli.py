@@ -277,6 +277,34 @@ def _money_line(money: dict[str, str]) -> str:
     return ", ".join(ops.money_display(v, c) for c, v in money.items()) or "-"
 
 
+DRIFT_LABELS = {"missing_in_lms": "missing in LMS", "not_in_erp": "not in ERP", "amount_mismatch": "amount differs"}
+
+
+def _drift_table(drifts: list[dict[str, Any]]) -> Table:
+    """Document ids and amounts are never cut (they are what a person looks up); the student and the
+    explaining conflict shrink, and the latter shows only where there is room."""
+    from sync import ops
+    rows = [(DRIFT_LABELS.get(x["kind"], x["kind"]), x["doc_id"], str(x["student_id"] or x["customer"] or "-"),
+             str(x["plan_id"] or "-"), ops.money_display(x["erp_amount"]), ops.money_display(x["lms_amount"]),
+             ", ".join(f"#{e['id']} {e['kind']}" for e in x["explained_by"]) or "-") for x in drifts]
+    width = console.width
+    keep = [max(len(r[i]) for r in rows) for i in range(7)]
+    fixed = sum(keep[i] for i in (0, 1, 3, 4, 5)) + 2 * 6
+    t = Table(box=None, header_style="bold", pad_edge=False)
+    t.add_column("drift", no_wrap=True, min_width=max(5, keep[0]))
+    t.add_column("document", no_wrap=True, min_width=keep[1])
+    t.add_column("student", no_wrap=True, overflow="ellipsis", max_width=max(7, min(24, width - fixed - 2)))
+    t.add_column("plan", no_wrap=True, min_width=keep[3])
+    t.add_column("ERP", justify="right", no_wrap=True, min_width=max(3, keep[4]))
+    t.add_column("LMS", justify="right", no_wrap=True, min_width=max(3, keep[5]))
+    with_why = width - fixed - min(24, keep[2]) >= 16
+    if with_why:
+        t.add_column("explained by", no_wrap=True, overflow="ellipsis")
+    for r in rows:
+        t.add_row(*(r if with_why else r[:6]))
+    return t
+
+
 def _billed_line(totals: dict[str, Any]) -> str:
     """Invoice totals and credit notes in conflict: shown beside the money at stake, never added to it."""
     parts = [f"{label} {_money_line(totals[key])}" for key, label in (
@@ -663,15 +691,7 @@ def reconcile(ctx: click.Context, source: str, since: str | None, as_json: bool)
                       f"not in ERP {c['not_in_erp']}, amount mismatch {c['amount_mismatch']}; "
                       f"{d['unexplained']} not explained by an open conflict)", highlight=False)
         if d["drifts"]:
-            t = Table(box=None, header_style="bold", pad_edge=False)
-            for col, kw in (("kind", {}), ("document", {}), ("student", {}), ("plan", {}),
-                            ("ERP", {"justify": "right"}), ("LMS", {"justify": "right"}), ("explained by", {})):
-                t.add_column(col, no_wrap=True, overflow="ellipsis", **kw)
-            for x in d["drifts"]:
-                t.add_row(x["kind"], x["doc_id"], x["student_id"] or x["customer"] or "-", x["plan_id"] or "-",
-                          ops.money_display(x["erp_amount"]), ops.money_display(x["lms_amount"]),
-                          ", ".join(f"#{e['id']} {e['kind']}" for e in x["explained_by"]) or "-")
-            console.print(t)
+            console.print(_drift_table(d["drifts"]))
     _emit(result, as_json, render)
     sys.exit(EXIT_CONFLICTS if result["drifts"] else EXIT_OK)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from sync import ops
 from sync import reconcile as recon
 from sync.app import build_app
 from sync.cli import cli
@@ -138,6 +139,13 @@ def test_cli_reconcile_report_and_status_page_show_the_latest_reconciliation(env
     assert json.loads(r.stdout)["counts"] == {"missing_in_lms": 1, "not_in_erp": 2, "amount_mismatch": 1}
     text = CliRunner().invoke(cli, ["--config", str(cfg), "reconcile", "--source", "erp"], env=env_vars).stdout
     assert "drifts: 4 (missing in LMS 1, not in ERP 2, amount mismatch 1" in " ".join(text.split())
+    # an 80-column terminal (and a pipe): the table fits, and document ids and amounts are never cut
+    table = text.split("\n", 1)[1]
+    assert max(len(line) for line in table.splitlines()) <= 80, table
+    for x in json.loads(r.stdout)["drifts"]:
+        line = next(ln for ln in table.splitlines() if f" {x['doc_id']} " in ln)
+        for amount in (x["erp_amount"], x["lms_amount"]):
+            assert ops.money_display(amount) in line.split(), (amount, line)
 
     html = Path(write_report(app.store, app.settings, tmp_path / "rep")["html"]).read_text()
     for kind in ("missing_in_lms", "not_in_erp", "amount_mismatch"):
@@ -149,3 +157,25 @@ def test_cli_reconcile_report_and_status_page_show_the_latest_reconciliation(env
             api = json.load(resp)
     assert NEW in page and 'data-drift="amount_mismatch"' in page
     assert api["reconciliations"][0]["drift_total"] == 4
+
+
+def test_the_drift_table_never_cuts_document_ids_or_amounts_on_80_columns(monkeypatch):
+    """Long student names and explanations shrink or drop; ids and amounts stay whole."""
+    from rich.console import Console
+
+    from sync import cli as cli_mod
+    monkeypatch.setenv("COLUMNS", "80")
+    drifts = [{"kind": kind, "doc_id": f"ACC-PAY-2026-{n:05d}", "student_id": None,
+               "customer": "Maryam Farooq Siddiqui-Khan", "plan_id": "7003", "erp_amount": erp, "lms_amount": lms,
+               "explained_by": [{"id": 257, "kind": "plan_not_created"}, {"id": 12, "kind": "unknown_student"}]}
+              for n, (kind, erp, lms) in enumerate([("missing_in_lms", "14000.0", None),
+                                                    ("amount_mismatch", "1250000.5", "1250000"),
+                                                    ("not_in_erp", None, "75000")])]
+    out = Console(width=80, record=True, markup=False)
+    out.print(cli_mod._drift_table(drifts))
+    lines = out.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for x, line in zip(drifts, lines[1:]):
+        assert x["doc_id"] in line.split()
+        for amount in (x["erp_amount"], x["lms_amount"]):
+            assert ops.money_display(amount) in line.split(), (amount, line)
