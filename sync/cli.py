@@ -214,8 +214,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
         store.close()
 
     def render(d: dict[str, Any]) -> None:
-        t = Table("source", "cursor", "lag", "last run", "last success", "docs done", "open", box=None,
-                  header_style="bold", pad_edge=False)
+        t = Table(box=None, header_style="bold", pad_edge=False)   # one line per source, 80 columns
+        t.add_column("source", no_wrap=True, overflow="ellipsis", max_width=18)
+        for col in ("cursor (UTC)", "lag", "last run", "last ok", "done", "open"):
+            t.add_column(col, no_wrap=True, justify="right" if col in ("lag", "done", "open") else "left")
         for s in d["sources"]:
             last = s["last_run"] or {}
             run = f"{last['status']} {_short_ts(last.get('finished_at') or last.get('started_at'))[5:]}" if last else "-"
@@ -224,8 +226,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
                       _short_ts(s["last_success"])[5:] or "-", str(s["documents"].get("pushed", 0)),
                       str(s["open_conflicts"]))
         console.print(t)
-        console.print("docs done: ERP documents (receipts, invoices, credit notes) whose LMS writes are all made; "
-                      "open: open conflicts. Times are UTC. Documents by status and the last runs:",
+        console.print("last ok: the last successful run; done: ERP documents (receipts, invoices, credit notes) "
+                      "whose LMS writes are all made; open: open conflicts. Documents by status and the last runs:",
                       style="dim", highlight=False)
         console.print(f"  {ops.command_prefix(settings)} status --json", style="dim", highlight=False,
                       soft_wrap=True)

@@ -65,6 +65,11 @@ def test_printed_next_steps_name_the_program_and_config_as_the_operator_ran_them
                                     f'--customer "Nobody Known" --student <LMS student id>')
     assert f"$ {program} --config feesync.toml conflicts ignore {cid} --note" in run("conflicts", "show", str(cid)).stdout
     assert f"{program} --config feesync.toml status --json" in run("status").stdout
+    narrow = subprocess.run([program, "--config", "feesync.toml", "status"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env={**env, "COLUMNS": "80"}).stdout.splitlines()
+    assert max(len(line) for line in narrow) <= 80
+    cursor = json.loads(run("status", "--json").stdout)["sources"][0]["cursor"]["changed_at"][:16].replace("T", " ")
+    assert narrow[1].split()[:3] == ["erp", *cursor.split()], narrow   # one line per source, cursor whole
     report = run("report", "--out", "rep", "--json")
     assert report.returncode == 0, report.stderr[-2000:]
     html = (tmp_path / "rep" / "feesync-report.html").read_text()
