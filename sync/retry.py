@@ -40,4 +40,7 @@ def call_with_retry(fn: Callable[[], T], *, max_attempts: int, max_seconds: floa
     except TransientError as exc:
         too_long = exc.retry_after is not None and exc.retry_after > retry_after_cap
         why = "server asked to wait longer than the cap" if too_long else "retry budget spent"
-        raise DeferredError(f"{what}: {exc} ({why}); deferred to the next cycle", last=exc) from None
+        text = str(exc)
+        if not text.startswith(f"{what}:"):   # the error may already name the request
+            text = f"{what}: {text}"
+        raise DeferredError(f"{text} ({why}); given up for now", last=exc) from None

@@ -101,4 +101,8 @@ def test_check_names_an_unreachable_erp(sandboxes, tmp_path):
     cfg.write_text(scenario.config_toml(str(tmp_path / "s.db"), lms.base_url, "http://127.0.0.1:9"))
     out = proc.run("--config", str(cfg), "check", "--json")
     assert out.returncode == 1
-    assert any(p.startswith("sources.erp:") for p in json.loads(out.stdout)["problems"])
+    problems = [p for p in json.loads(out.stdout)["problems"] if p.startswith("sources.erp:")]
+    assert len(problems) == 1, problems
+    # the failed request is named once, and nothing talks of a "next cycle" check does not have
+    assert problems[0].count("ERP GET /api/method/frappe.auth.get_logged_user") == 1, problems[0]
+    assert "next cycle" not in problems[0]
