@@ -330,6 +330,14 @@ def _format_validation(exc: ValidationError, prefix: str = "") -> list[str]:
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"]
+        parts = [str(x) for x in err["loc"]]
+        if len(parts) >= 2 and parts[0] in ("sources", "institutes") and err["type"] == "missing":
+            # a source (or institute) that only the environment names: say which variables made it up
+            head = f"FEESYNC_{parts[0]}__{parts[1]}__".upper()
+            named = sorted(k for k in os.environ if k.upper().startswith(head))
+            if named:
+                msg += (f" (the environment sets {', '.join(named)}, but the config file defines no "
+                        f"{parts[0]}.{parts[1]}: unset them or add that section)")
         problems.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
     return problems
 

@@ -106,3 +106,16 @@ def test_check_names_an_unreachable_erp(sandboxes, tmp_path):
     # the failed request is named once, and nothing talks of a "next cycle" check does not have
     assert problems[0].count("ERP GET /api/method/frappe.auth.get_logged_user") == 1, problems[0]
     assert "next cycle" not in problems[0]
+
+
+def test_a_source_only_the_environment_names_says_which_variables_made_it(tmp_path):
+    """A stray FEESYNC_SOURCES__OTHER__... (e.g. left exported for another config) is named, value never shown."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'state_path = "{tmp_path / "s.db"}"\n')
+    out = proc.run("--config", str(cfg), "conflicts", "list", secrets=False,
+                   extra_env={"FEESYNC_SOURCES__OTHER__SETTINGS__API_SECRET": "s3cr3t-value-xyz"})
+    assert out.returncode == 2
+    assert "sources.other.connector: Field required (the environment sets " \
+           "FEESYNC_SOURCES__OTHER__SETTINGS__API_SECRET, but the config file defines no sources.other" in \
+           " ".join(out.stderr.split())
+    assert "s3cr3t-value-xyz" not in out.stderr + out.stdout
