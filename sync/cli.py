@@ -270,6 +270,11 @@ def _filters(kinds: tuple[str, ...], source: str | None, student: str | None, ol
                 parse_duration(value)
             except ValueError:
                 raise click.BadParameter(f"{value!r} is not a duration (e.g. 2d, 12h, 30m)", param_hint=name) from None
+    from sync import ops
+    for k in kinds:
+        if k not in ops.KNOWN_KINDS:   # a typo matches nothing: say so, do not fail
+            err_console.print(f"note: {k!r} is not a conflict kind feesync opens; known kinds: "
+                              f"{', '.join(sorted(ops.KNOWN_KINDS))}", highlight=False, soft_wrap=True)
     return {"kind": list(kinds) or None, "source": source, "student": student, "older_than": older_than,
             "newer_than": newer_than}
 
@@ -796,7 +801,7 @@ def sandbox() -> None:
 @click.option("--port", default=8765, type=int)
 @click.option("--rate-limit", default=None, type=int, help="Requests per minute per key.")
 def sandbox_lms(seed: str, host: str, port: int, rate_limit: int | None) -> None:
-    """The Zenslearn LMS sandbox (lms-contract.md)."""
+    """The Zenslearn LMS sandbox: the Public API's fee endpoints, status rules, rate limit and fault switches."""
     from sync.sandbox.lms import serve_forever
     serve_forever(seed, host, port, rate_limit)
 
@@ -806,7 +811,7 @@ def sandbox_lms(seed: str, host: str, port: int, rate_limit: int | None) -> None
 @click.option("--host", default="127.0.0.1")
 @click.option("--port", default=8000, type=int)
 def sandbox_erpnext(data: str, host: str, port: int) -> None:
-    """The ERPNext 15 fake (erp-apis.md §1)."""
+    """The ERPNext 15 fake: Frappe REST as ERPNext 15 answers (paging, `modified` ties, cancel/amend, errors)."""
     from sync.sandbox.erpnext import serve_forever
     serve_forever(data, host, port)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 from typing import Any
@@ -46,14 +45,9 @@ def demo_settings(work_dir: Path, lms: LmsSandbox, erp: ERPNextFake, data: Any) 
 
 
 def write_conflict_report(store: Any, path: Path) -> int:
+    """The open conflicts as `feesync conflicts export --format csv` writes them (the same columns)."""
     rows = ops.list_conflicts(store, status="open")
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "source", "document", "kind", "amount", "currency", "customer", "age", "detail",
-                    "next_step"])
-        for r in rows:
-            w.writerow([r["id"], r["source"], r["doc_id"], r["kind"], r["amount"], r["currency"], r["customer"],
-                        r["age"], r["detail"], r["next_step"]])
+    path.write_text(ops.export(rows, "csv"), encoding="utf-8")
     return len(rows)
 
 

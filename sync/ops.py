@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from sync.engine import SELF_HEALING
+from sync.engine import CLOSED_BY_WRITE, KEEP_OPEN, NEVER_REVISE, SELF_HEALING
 from sync.errors import ConflictError, RetryLater, StopSource
 from sync.state import (
     Store,
@@ -80,6 +80,7 @@ NEXT_STEPS = {
     "unexpected_status": "The LMS answered something feesync does not expect (see detail); check, then retry.",
 }
 DEFAULT_NEXT_STEP = "Read the detail, fix the cause, then retry or resolve."
+KNOWN_KINDS = frozenset(NEXT_STEPS) | CLOSED_BY_WRITE | KEEP_OPEN | NEVER_REVISE
 
 # Kinds a retry cannot fix: the LMS already holds money for the document (rule 12/14: a new key
 # revision could record it twice), so a person corrects the LMS by hand and resolves.

@@ -151,6 +151,13 @@ def test_list_filters_by_kind_source_student_and_age_and_sorts_by_amount_or_age(
     assert bad.exit_code == 2 and "not a duration" in bad.output
 
 
+def test_a_kind_feesync_never_opens_is_named_on_stderr(env):
+    r = feesync(env, "conflicts", "list", "--kind", "unknown_studnet", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["total"] == 0
+    assert "'unknown_studnet' is not a conflict kind feesync opens" in r.stderr and "unknown_student" in r.stderr
+    assert "not a conflict kind" not in feesync(env, "conflicts", "list", "--kind", "unknown_student").stderr
+
+
 def test_list_without_json_fits_an_80_column_terminal(env):
     """The table and its totals line never exceed the terminal's width."""
     r = feesync(env, "conflicts", "list")
