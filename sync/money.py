@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sync.errors import ConflictError
 
 _MAX_AMOUNT = Decimal("1e15")
+# "1000", "1,000.50", "1,00,000" (lakh grouping), "-25.5": the only text amounts accepted. "1,5" (a decimal
+# comma) would otherwise be read as 15; "1.2E+06" is a rounded spreadsheet display; "NaN"/"Infinity" are not
+# money. ("." is the decimal point: "18.000" is 18.)
+_AMOUNT_TEXT = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d{1,2}(?:,\d{2})*,\d{3}|\d+)(?:\.\d+)?")
 
 
 def to_decimal(value: Any, *, field: str = "amount") -> Decimal:
@@ -26,9 +31,14 @@ def to_decimal(value: Any, *, field: str = "amount") -> Decimal:
     elif isinstance(value, float):
         result = Decimal(repr(value))
     elif isinstance(value, str):
-        text = value.strip().replace(",", "")
+        text = value.strip()
+        if not _AMOUNT_TEXT.fullmatch(text):
+            raise ConflictError("malformed_document", f"{field} {value[:40]!r} is not a plain amount: digits with "
+                                "an optional '.' decimal part and ',' only between groups of three "
+                                "(a decimal comma, an exponent or another separator is never guessed)",
+                                definitive=False)
         try:
-            result = Decimal(text)
+            result = Decimal(text.replace(",", ""))
         except InvalidOperation:
             raise ConflictError("malformed_document", f"{field} is not a number: {value[:40]!r}",
                                 definitive=False) from None

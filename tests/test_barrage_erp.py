@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -56,11 +57,11 @@ _names = itertools.count(1)
 LONG_URDU = "ادائیگی کی رسید " * 400          # ~6,400 characters of non-Latin text
 valid_amounts = st.one_of(
     st.integers(1, 10**9), st.integers(1, 10**6).map(float), st.integers(1, 10**6).map(lambda n: f"{n:,}"),
-    st.integers(1, 10**12), st.sampled_from(["1000.00", " 250 ", "1e3", 18000.0]))
+    st.integers(1, 10**12), st.sampled_from(["1000.00", " 250 ", "1,00,000", 18000.0, 1e3]))
 bad_amounts = st.one_of(
     st.sampled_from([None, "", "abc", "1.2.3", "12 000", True, False, [1000], {"v": 1}, 0, 0.0, -5, -1000.0,
                      1000.5, "999.99", 0.1, 1e16, 1e300, float("inf"), float("-inf"), float("nan"), "NaN",
-                     "Infinity", "10e20", "-0"]),
+                     "Infinity", "10e20", "-0", "1e3", "1,5", "1.234,00"]),
     st.decimals(min_value=-10**6, max_value=10**6, places=2, allow_nan=False).map(str),
     st.floats(allow_nan=True, allow_infinity=True))
 currencies = st.one_of(st.just("PKR"), st.just("PKR"), st.sampled_from(
@@ -134,7 +135,9 @@ def _amount(value: Any) -> Decimal | None:
             d = Decimal(value)
         elif isinstance(value, float):
             d = Decimal(repr(value))
-        elif isinstance(value, str):
+        elif isinstance(value, str):   # text: digit groups (thousands or lakh) and a '.' fraction only
+            if not re.fullmatch(r"[+-]?(\d{1,3}(,\d{3})+|\d{1,2}(,\d{2})*,\d{3}|\d+)(\.\d+)?", value.strip()):
+                return None
             d = Decimal(value.strip().replace(",", ""))
         else:
             return None

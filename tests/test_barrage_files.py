@@ -38,9 +38,10 @@ _ids = itertools.count(1)
 
 ids = st.sampled_from(["RCPT-", "رسید-", "收据-", "Quittung-Ä-", "R" * 200 + "-", "R" * 2100 + "-", "rc pt,\"quoted\"-"])
 good_amounts = st.one_of(st.integers(1, 10**9).map(str), st.integers(1, 10**6).map(lambda n: f"{n:,}"),
-                         st.sampled_from(["1000.00", " 250 ", "1e3", "١٠٠٠"]))
+                         st.sampled_from(["1000.00", " 250 ", "1,00,000", "١٠٠٠"]))
 bad_amounts = st.one_of(st.sampled_from(["", "abc", "1.2.3", "12 000", "-5", "0", "0.00", "1000.5", "999.99", "1e20",
-                                         "NaN", "Infinity", "-0", "PKR 500", "5OO"]),
+                                         "NaN", "Infinity", "-0", "PKR 500", "5OO", "1e3", "1,5", "2,50", "1.234,00",
+                                         "1,0000", ",100", "100,"]),
                         st.decimals(min_value=-10**6, max_value=10**6, places=2, allow_nan=False).map(str))
 good_dates = st.dates(min_value=date(1990, 1, 1), max_value=date(2100, 12, 31)).map(date.isoformat)
 bad_dates = st.sampled_from(["", "2026-02-30", "2026-13-01", "0000-00-00", "02/11/2026", "2026-11-02T10:00",
@@ -77,8 +78,18 @@ def rows(draw: Any) -> dict[str, str]:
 
 # --- the oracle, from README "CSV format" and "Mapping a receipt to a plan" --------------------------------------
 def _amount(text: str) -> Decimal | None:
+    """The oracle: a comma only between digit groups (thousands, or lakh: 1,00,000), no exponent."""
+    t = text.strip()
+    body = t.lstrip("+-").split(".", 1)[0]
+    groups = body.split(",")
+    if "," in body and not (all(len(g) == 3 for g in groups[1:]) and 1 <= len(groups[0]) <= 3
+                            or len(groups[-1]) == 3 and all(len(g) == 2 for g in groups[1:-1])
+                            and 1 <= len(groups[0]) <= 2):
+        return None
+    if "e" in t.lower() or "," in t.partition(".")[2]:
+        return None
     try:
-        d = Decimal(text.strip().replace(",", ""))
+        d = Decimal(t.replace(",", ""))
     except InvalidOperation:
         return None
     return d if d.is_finite() and abs(d) < Decimal("1e15") else None

@@ -53,3 +53,18 @@ def test_frappe_modified_with_and_without_fraction():
 def test_posting_date_is_local_midnight_with_offset():
     """A posting date becomes the institute's local midnight with its UTC offset (rule 21)."""
     assert local_midnight(date(2026, 12, 3), KHI).isoformat() == "2026-12-03T00:00:00+05:00"
+
+
+@pytest.mark.parametrize("text,value", [("1000", "1000"), ("1,000.50", "1000.50"), ("1,00,000", "100000"),
+                                        (" -25.5 ", "-25.5"), ("12,345,678", "12345678")])
+def test_text_amounts_with_digit_groups_are_read_exactly(text, value):
+    assert to_decimal(text) == Decimal(value)
+
+
+@pytest.mark.parametrize("text", ["1,5", "2,50", "1.234,00", "1,0000", ",100", "100,", "1e3", "1.2E+06",
+                                  "NaN", "Infinity", "12 000", "1_000"])
+def test_a_decimal_comma_an_exponent_or_odd_separators_are_refused_not_guessed(text):
+    """"1,5" read as 15 would push ten times the money: it is a malformed_document conflict instead."""
+    with pytest.raises(ConflictError) as err:
+        to_decimal(text)
+    assert err.value.kind == "malformed_document" and repr(text[:40]) in err.value.detail
