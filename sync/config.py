@@ -84,10 +84,10 @@ class LmsSettings(BaseModel):
     time_zone: str = "Asia/Karachi"
     rate_limit_per_minute: int = Field(C.GENERAL_LIMIT_PER_MINUTE, ge=1)
     rate_safety: float = Field(0.97, gt=0, le=1)   # pace at this fraction of the limit
-    timeout_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0, le=3600)
     max_attempts: int = Field(5, ge=1, le=20)
-    max_retry_seconds: float = Field(60.0, gt=0)
-    retry_after_cap_seconds: float = Field(30.0, ge=0)
+    max_retry_seconds: float = Field(60.0, gt=0, le=86_400)
+    retry_after_cap_seconds: float = Field(30.0, ge=0, le=86_400)
     limiter_path: str | None = None   # shared pacing file; default beside the state store
 
     @model_validator(mode="before")
@@ -168,11 +168,13 @@ class SourceSettings(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
     mapping: MappingSettings = Field(default_factory=MappingSettings)
 
-    @field_validator("lookback", "lag", "interval")
+    @field_validator("lookback", "lag", "interval", "max_stale")
     @classmethod
-    def _durations(cls, v: str | None) -> str | None:
+    def _durations(cls, v: str | None, info: Any) -> str | None:
         if v is not None:
-            parse_duration(v)
+            d = parse_duration(v)
+            if info.field_name in ("interval", "max_stale") and d.total_seconds() < 1:
+                raise ValueError(f"{info.field_name} {v!r} must be at least 1s")
         return v
 
     @model_validator(mode="after")

@@ -77,13 +77,20 @@ def parse_iso(text: str) -> datetime:
     return parsed
 
 
+MAX_DURATION_SECONDS = 10 * 366 * 86400   # ten years: longer is a typo, and overflows date arithmetic
+
+
 def parse_duration(text: str) -> timedelta:
     """'10m', '30s', '2h', '1d', or a number of seconds."""
     text = str(text).strip().lower()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
         if text and text[-1] in units:
-            return timedelta(seconds=float(text[:-1]) * units[text[-1]])
-        return timedelta(seconds=float(text))
+            seconds = float(text[:-1]) * units[text[-1]]
+        else:
+            seconds = float(text)
     except ValueError:
         raise BadTimeSetting(f"not a duration: {text!r} (use e.g. 30s, 10m, 2h)") from None
+    if seconds != seconds or seconds < 0 or seconds > MAX_DURATION_SECONDS:   # NaN, negative, absurd
+        raise BadTimeSetting(f"duration {text!r} must be between 0s and {MAX_DURATION_SECONDS // 86400}d")
+    return timedelta(seconds=seconds)

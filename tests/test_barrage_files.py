@@ -193,7 +193,7 @@ def test_generated_csv_rows_become_payments_or_named_conflicts(csv_world, batch,
     if file_fault == "header_lacks_amount":
         header = [h for h in header if h != "amount"]
     text = _csv([{**r, "batch": str(w["n"]), "note": "x", "extra": "ü"} for r in batch], header)
-    data = text.encode("utf-8") if file_fault != "not_utf8" else text.encode("utf-8") + b"\xff\xfe broken \xc3\x28"
+    data = text.encode("utf-8") if file_fault != "not_utf8" else text.encode("utf-8") + b"\xff\xfe broken \xc3\x28\n"
     (w["drop"] / fname).write_bytes(data)
 
     result = app.engine.run_once("csv", datetime.now(UTC))

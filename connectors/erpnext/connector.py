@@ -46,9 +46,9 @@ class ERPNextSettings(BaseModel):
     site_time_zone: str = "Asia/Karachi"
     host_header: str | None = None
     page_size: int = Field(100, ge=1, le=1000)
-    timeout_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0, le=3600)
     max_attempts: int = Field(4, ge=1, le=10)
-    max_retry_seconds: float = Field(60.0, gt=0)
+    max_retry_seconds: float = Field(60.0, gt=0, le=86_400)
     origin_fields: list[str] = Field(default_factory=lambda: ["custom_zensbot_payment_id", "zensbot_payment_id"])
     plan_id_field: str = "custom_zensbot_fee_plan_id"
     sync_invoices: bool = True     # submitted Sales Invoices become LMS fee plans (the fee lifecycle)

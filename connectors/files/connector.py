@@ -13,17 +13,19 @@ and row, the other rows go on.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import re
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sync.connector import SourceContext
 from sync.contract import LMS_ID_PATTERN
@@ -31,10 +33,12 @@ from sync.errors import ConflictError, SourceError
 from sync.events import (
     MAX_DOC_ID, FeeEvent, Malformed, PaymentCancelled, PaymentReceived, Position, Reference, Unchanged,
 )
+from sync.logs import get_logger
 from sync.money import to_decimal
 
 COLUMNS = ("document_id", "date", "student", "amount", "currency", "method", "reference_number", "invoice")
 REQUIRED = ("document_id", "date", "student", "amount", "currency")
+log = get_logger(component="files")
 CANCELLED = frozenset({"cancelled", "canceled", "void", "voided"})   # optional `status` column
 
 
@@ -46,6 +50,26 @@ class FileSettings(BaseModel):
     encoding: str = "utf-8-sig"
     delimiter: str = ","
     max_file_bytes: int = Field(50_000_000, ge=1)
+    # a file whose last line has no line end and that changed less than this long ago is still being
+    # written: it waits for a later pass instead of being read with a cut-off last amount
+    settle_seconds: float = Field(60.0, ge=0, le=86_400)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown encoding {v!r} (e.g. utf-8-sig, utf-8, cp1252, utf-16)") from None
+        return v
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_char(cls, v: str) -> str:
+        if len(v) != 1 or v in "\r\n\"" or v.isalnum():
+            raise ValueError(f"delimiter {v!r} must be one character other than a letter, digit, quote or line end "
+                             "(e.g. ',' or ';' or '\\t')")
+        return v
 
 
 class FileConnector:
@@ -73,13 +97,28 @@ class FileConnector:
         if not self.folder.is_dir():
             raise SourceError(f"drop folder {str(self.folder)!r} does not exist")
         for path in sorted(self.folder.glob(self.settings.pattern)):
-            if not path.is_file() or path.stat().st_size > self.settings.max_file_bytes:
+            if not path.is_file():
+                continue
+            stat = path.stat()
+            mtime = datetime.fromtimestamp(stat.st_mtime, UTC)
+            if stat.st_size > self.settings.max_file_bytes:
+                # never skipped in silence: its receipts would be lost without a word
+                version = f"size:{stat.st_size}:{stat.st_mtime_ns}"
+                if not ctx.seen(path.name, version):
+                    yield Malformed(doc_id=path.name, position=Position(mtime, path.name), version=version,
+                                    problem=f"file {path.name} is {stat.st_size:,} bytes, above max_file_bytes "
+                                            f"{self.settings.max_file_bytes:,}; it was not read (split it, or raise "
+                                            "the limit)", location=path.name)
                 continue
             content = path.read_bytes()
             digest = hashlib.sha256(content).hexdigest()
             if ctx.recall(f"file:{digest}") == "done":
                 continue
-            mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            if content and not content.endswith((b"\n", b"\r")) and (
+                    time.time() - stat.st_mtime < self.settings.settle_seconds):
+                log.info("file.still_being_written", file=path.name, bytes=len(content),
+                         settle_seconds=self.settings.settle_seconds)
+                continue   # read on a later pass, once whole
             yield from self._rows(path, content, digest, mtime, ctx)
             ctx.remember(f"file:{digest}", "done")   # reached only when every row was handed over
 
@@ -93,11 +132,18 @@ class FileConnector:
                             location=path.name)
             return
         # newline="": the csv module sees the file's own line ends (\r\n, \n, or Excel's old-Mac bare \r)
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=self.settings.delimiter)
+        # strict: an unclosed quote is an error, not a cell that swallows every later row
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=self.settings.delimiter, strict=True)
         try:
             header = [h.strip() for h in (reader.fieldnames or [])]
         except csv.Error as exc:
             yield self._unreadable(path, mtime, digest, 1, exc)
+            return
+        repeated = sorted({h for h in header if h and header.count(h) > 1})
+        if repeated:
+            yield Malformed(doc_id=path.name, position=Position(mtime, path.name), version=digest,
+                            problem=f"file {path.name}: header repeats {', '.join(repeated)}; which one holds the "
+                                    "value is not guessed", location=path.name)
             return
         missing = [c for c in REQUIRED if c not in header]
         if missing:
@@ -105,14 +151,16 @@ class FileConnector:
                             problem=f"file {path.name}: header lacks {', '.join(missing)}", location=path.name)
             return
         rows = enumerate(reader, start=2)
+        read_to = reader.line_num   # physical lines consumed so far (a quoted cell may span several)
         while True:
             try:
                 line_no, raw = next(rows)
             except StopIteration:
                 return
-            except csv.Error as exc:   # e.g. a cell past the csv module's field limit: the rest is unreadable
-                yield self._unreadable(path, mtime, digest, reader.line_num, exc)
+            except csv.Error as exc:   # an unclosed quote, a cell past the field limit: the rest is unreadable
+                yield self._unreadable(path, mtime, digest, read_to + 1, exc)
                 return
+            read_to = reader.line_num
             row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if isinstance(v, str) or v is None}
             doc_id = row.get("document_id") or f"{path.name}:{line_no}"
             version = hashlib.sha256(repr(sorted(row.items())).encode()).hexdigest()[:24]

@@ -65,9 +65,9 @@ class OdooSettings(BaseModel):
     version: int = 17                        # 16, 17, 18 or 19
     protocol: str = "jsonrpc"                # "jsonrpc" (16-19) or "json2" (19+)
     page_size: int = Field(100, ge=1, le=1000)
-    timeout_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0, le=3600)
     max_attempts: int = Field(4, ge=1, le=10)
-    max_retry_seconds: float = Field(60.0, gt=0)
+    max_retry_seconds: float = Field(60.0, gt=0, le=86_400)
     reconcile_window: str = "7d"
     method_field: str = "journal_id"         # or "payment_method_line_id": whose name is the mode of payment
     origin_fields: list[str] = Field(default_factory=list)   # custom fields marking LMS-originated payments

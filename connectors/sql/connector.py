@@ -82,7 +82,7 @@ class SQLSettings(BaseModel):
     page_size: int = Field(500, ge=1, le=100_000)
     time_zone: str = "UTC"                 # zone of naive changed_at values
     max_attempts: int = Field(4, ge=1, le=10)
-    max_retry_seconds: float = Field(60.0, gt=0)
+    max_retry_seconds: float = Field(60.0, gt=0, le=86_400)
 
     @field_validator("url")
     @classmethod

@@ -113,9 +113,9 @@ class TallySettings(BaseModel):
     company: str
     encoding: Literal["utf-16", "utf-8"] = "utf-16"
     page_size: int = Field(5000, ge=1, le=10_000_000)     # AlterIDs per request window
-    timeout_seconds: float = Field(60.0, gt=0)
+    timeout_seconds: float = Field(60.0, gt=0, le=3600)
     max_attempts: int = Field(4, ge=1, le=10)
-    max_retry_seconds: float = Field(120.0, gt=0)
+    max_retry_seconds: float = Field(120.0, gt=0, le=86_400)
     currency: str = "PKR"                                  # Tally amounts carry no ISO code
     customer_email_field: str | None = None                # a voucher UDF holding the student's e-mail
     reconcile_window: int | None = Field(None, ge=1)       # latest AlterIDs a reconcile covers; None = all

@@ -70,9 +70,9 @@ class ZohoSettings(BaseModel):
     daily_budget: int | None = Field(None, ge=1)   # default: the plan's daily limit, else 1000
     rescan_window: str = "3d"
     sort_column: str = "created_time"        # or "last_modified_time" where the organisation supports it
-    timeout_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0, le=3600)
     max_attempts: int = Field(4, ge=1, le=10)
-    max_retry_seconds: float = Field(180.0, gt=0)
+    max_retry_seconds: float = Field(180.0, gt=0, le=86_400)
     rate_limit_backoff_seconds: float = Field(60.0, ge=0)
     token_refresh_margin_seconds: float = Field(300.0, ge=0)
     origin_fields: list[str] = Field(default_factory=lambda: ["cf_zensbot_payment_id"])
