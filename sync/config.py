@@ -66,9 +66,27 @@ def resolve_secret_files(data: dict[str, Any], secret_fields: set[str], where: s
         value = out.get(name)
         if isinstance(value, SecretStr):
             register_secret(value.get_secret_value())
+            check_secret_text(value.get_secret_value(), f"{where}.{name}", header=name in HEADER_SECRETS)
         elif isinstance(value, str) and value:
             register_secret(value)
+            check_secret_text(value, f"{where}.{name}", header=name in HEADER_SECRETS)
     return out
+
+
+# secrets sent in HTTP headers (Bearer / token / OAuth): ASCII only, or the request cannot even be built
+HEADER_SECRETS = {"api_key", "api_secret", "token", "access_token", "refresh_token", "client_secret"}
+
+
+def check_secret_text(value: str, what: str, *, header: bool) -> None:
+    """Refuse a secret no server could accept, naming the position, never the value (a control character
+    would otherwise surface, unredacted, inside an HTTP library's error text)."""
+    for i, ch in enumerate(value):
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            raise BadSecretFile(f"{what}: contains a line break or other control character at position {i + 1}; "
+                                "check the variable or file it comes from")
+        if header and (ord(ch) > 0x7E or ch == " "):
+            raise BadSecretFile(f"{what}: contains {'a space' if ch == ' ' else 'a non-ASCII character'} at "
+                                f"position {i + 1}; it is sent in an HTTP header, which cannot carry it")
 
 
 def secret_field_names(model: type[BaseModel]) -> set[str]:
@@ -331,7 +349,7 @@ def _format_validation(exc: ValidationError, prefix: str = "") -> list[str]:
     problems = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         parts = [str(x) for x in err["loc"]]
         if len(parts) >= 2 and parts[0] in ("sources", "institutes") and err["type"] == "missing":
             # a source (or institute) that only the environment names: say which variables made it up

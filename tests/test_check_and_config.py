@@ -119,3 +119,26 @@ def test_a_source_only_the_environment_names_says_which_variables_made_it(tmp_pa
            "FEESYNC_SOURCES__OTHER__SETTINGS__API_SECRET, but the config file defines no sources.other" in \
            " ".join(out.stderr.split())
     assert "s3cr3t-value-xyz" not in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("var,value,what", [
+    ("FEESYNC_LMS__API_KEY", "zl_LEAKME_A\nB", "lms.api_key: contains a line break or other control character at "
+                                               "position 12"),
+    ("FEESYNC_LMS__API_KEY", "zl_LEAKMEé", "lms.api_key: contains a non-ASCII character at position 10"),
+    ("FEESYNC_SOURCES__ERP__SETTINGS__API_SECRET", "LEAKME\u00c9x", "sources.erp.settings.api_secret: contains a "
+                                                                    "non-ASCII character at position 7"),
+])
+def test_a_secret_no_server_could_accept_is_refused_by_position_never_printed(sandboxes, tmp_path, var, value, what):
+    """A control or non-ASCII character in a header-bound secret: a clear refusal naming where, not a
+    traceback, and the value appears nowhere (it used to surface inside httpx's header error)."""
+    scn = scenario.build(n_students=1, receipts_per_student=1)
+    lms, erp = sandboxes(scn)
+    cfg = proc.write_config(tmp_path, lms, erp)
+    for cmd in (["check"], ["once"], ["once", "--dry-run", "--json"]):
+        out = proc.run("--config", str(cfg), *cmd, extra_env={var: value})
+        text = " ".join((out.stdout + out.stderr).split())
+        assert out.returncode in (1, 2) and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert what in text, text
+        assert "LEAKME" not in out.stdout + out.stderr
+    store = tmp_path / "state.db"
+    assert not store.exists() or b"LEAKME" not in store.read_bytes()
