@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -17,8 +18,10 @@ _lock = threading.Lock()
 def register_secret(value: str | None) -> None:
     """Remember a secret so that no log line, report or error text can carry it."""
     if value and len(value) >= 4:
+        # and the forms error texts quote it in: repr()/bytes escapes ('\\n', '\\xe9'), JSON escapes
+        forms = {value, repr(value)[1:-1], str(value.encode("utf-8"))[2:-1], json.dumps(value)[1:-1]}
         with _lock:
-            _secrets.add(value)
+            _secrets.update(f for f in forms if len(f) >= 4)
 
 
 def redact(text: str) -> str:

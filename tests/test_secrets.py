@@ -98,3 +98,10 @@ def test_full_run_with_errors_prints_no_secret(sandboxes, tmp_path):
         if f.is_file() and f.name != "feesync.toml":
             data = f.read_bytes().decode("latin-1")
             _assert_clean(data, str(f.relative_to(tmp_path)))
+
+
+def test_a_secret_is_redacted_also_in_the_escaped_forms_error_texts_quote_it_in():
+    from sync import logs
+    logs.register_secret("zl_Esc\nKey\u00e9")
+    for text in ("Illegal header value b'zl_Esc\\nKey\\xc3\\xa9'", "'zl_Esc\\nKey\u00e9'", '"zl_Esc\\nKey\\u00e9"'):
+        assert "zl_Esc" not in logs.redact(text), text
