@@ -404,6 +404,7 @@ def load_settings(path: str | Path | None = None, *, secrets: bool = True, **ove
         Settings.toml_path = None
     settings._config_file = str(toml_path) if toml_path else None
     problems: list[str] = missing_secrets(settings) if secrets else []
+    problems += _shared_origins(settings)
     for name, src in settings.sources.items():
         if not src.interval and not src.cron:
             problems.append(f"sources.{name}: needs interval or cron")
@@ -416,6 +417,39 @@ def load_settings(path: str | Path | None = None, *, secrets: bool = True, **ove
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+# the settings that name where a source reads from: two sources of one institute with the same ones read
+# the same receipts, and (with different key prefixes) would record each in the LMS twice
+ORIGIN_KEYS = ("folder", "url", "base_url", "db", "database", "organization_id", "company", "query", "view",
+               "table", "pattern")
+
+
+def _shared_origins(settings: Settings) -> list[str]:
+    seen: dict[tuple[Any, ...], str] = {}
+    problems = []
+    for name, src in sorted(settings.sources.items()):
+        if not src.enabled:
+            continue
+        origin = []
+        for key in ORIGIN_KEYS:
+            value = src.settings.get(key)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, str) and value:
+                value = str(Path(value).expanduser().resolve()) if key == "folder" else value.strip().rstrip("/")
+                origin.append((key, value.lower() if key in ("url", "base_url") else value))
+        if not origin:
+            continue
+        ident = (src.institute, src.connector, tuple(origin))
+        if ident in seen:
+            what = ", ".join(k for k, _ in origin)
+            problems.append(f"sources.{name}: reads the same {src.connector} data as sources.{seen[ident]} (same "
+                            f"{what}) for the same institute; each receipt would be written once per source. "
+                            "Keep one of them")
+        else:
+            seen[ident] = name
+    return problems
 
 
 def build_connector_settings(name: str, src: SourceSettings, model: type[BaseModel]) -> BaseModel:

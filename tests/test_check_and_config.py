@@ -142,3 +142,20 @@ def test_a_secret_no_server_could_accept_is_refused_by_position_never_printed(sa
         assert "LEAKME" not in out.stdout + out.stderr
     store = tmp_path / "state.db"
     assert not store.exists() or b"LEAKME" not in store.read_bytes()
+
+
+def test_two_sources_reading_the_same_folder_for_one_institute_are_refused(tmp_path):
+    """With different key prefixes they would push every receipt twice; `check` refuses the config."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'state_path = "{tmp_path / "s.db"}"\n[lms]\nbase_url = "http://127.0.0.1:9/api/v1/public"\n'
+                   f'[sources.csv_a]\nconnector = "files"\nkey_prefix = "a-"\n[sources.csv_a.settings]\n'
+                   f'folder = "{drop}"\n[sources.csv_b]\nconnector = "files"\nkey_prefix = "b-"\n'
+                   f'[sources.csv_b.settings]\nfolder = "{drop}/"\n')
+    out = proc.run("--config", str(cfg), "check", secrets=False, extra_env={"FEESYNC_LMS__API_KEY": scenario.LMS_KEY})
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 1, text
+    assert "sources.csv_b: reads the same files data as sources.csv_a (same folder)" in text, text
+    once = proc.run("--config", str(cfg), "once", secrets=False, extra_env={"FEESYNC_LMS__API_KEY": scenario.LMS_KEY})
+    assert once.returncode == 2 and "reads the same files data" in " ".join(once.stderr.split())
