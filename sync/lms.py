@@ -176,7 +176,12 @@ class LmsClient:
     def _send_once(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                    json_body: Any = None, headers: dict[str, str] | None = None) -> Answer:
         if self.limiter is not None:
-            self.limiter.try_acquire(self._bucket_name)
+            # wait for a slot in short steps, so a stop (SIGTERM) is honoured within a second even when the
+            # budget is spent for a while; nothing has been sent, so the document simply stays pending
+            while not self.limiter.try_acquire(self._bucket_name, blocking=True, timeout=1):
+                if self.stop_event.is_set():
+                    raise TransientError(f"LMS {method} {path}: not sent, stopping while waiting for the rate "
+                                         "budget")
         try:
             with self.http.stream(method, path, params=params, json=json_body, headers=headers) as resp:
                 raw = b""

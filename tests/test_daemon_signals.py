@@ -64,3 +64,35 @@ def test_sigterm_mid_run_exits_0_within_10s_with_a_consistent_cursor(sandboxes, 
     assert again.returncode == 0, again.stderr[-2000:]
     notes = [p["notes"] for p in lms.payments()]
     assert len(notes) == 100 and len(set(notes)) == 100
+
+
+def test_sigterm_while_the_rate_budget_is_spent_still_exits_within_10s(sandboxes, tmp_path):
+    """At 30 requests/minute the run soon waits for the pacing budget; SIGTERM there exits 0 in < 10 s
+    (it used to wait out the budget: 52 s), and a restart pushes the rest with nothing twice."""
+    scn = scenario.build(n_students=20, receipts_per_student=3)
+    lms, erp = sandboxes(scn)
+    cfg = proc.write_config(tmp_path, lms, erp, interval="1s", page_size=10)
+    cfg.write_text(cfg.read_text().replace("rate_limit_per_minute = 100000", "rate_limit_per_minute = 30"))
+    child = proc.feesync("--config", str(cfg), "run")
+    deadline = time.monotonic() + 60
+    while lms.stats()["requests"] < 25 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)   # the budget (29 in the minute) is spent: the client is waiting for a slot
+    before = lms.stats()["requests"]
+    assert 25 <= before <= 30, before
+    sent = time.monotonic()
+    child.send_signal(signal.SIGTERM)
+    code = child.wait(timeout=70)
+    elapsed = time.monotonic() - sent
+    err = child.stderr.read().decode()
+    child.stdout.close()
+    child.stderr.close()
+    assert code == 0, err[-2000:]
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+    assert lms.stats()["requests"] == before, "nothing was sent after the stop"
+
+    cfg.write_text(cfg.read_text().replace("rate_limit_per_minute = 30", "rate_limit_per_minute = 100000"))
+    again = proc.run("--config", str(cfg), "once")
+    assert again.returncode == 0, again.stderr[-2000:]
+    notes = [p["notes"] for p in lms.payments()]
+    assert len(notes) == 60 and len(set(notes)) == 60
