@@ -24,6 +24,7 @@ console = Console(stderr=False, soft_wrap=False, markup=False)
 err_console = Console(stderr=True, markup=False)
 
 EXIT_OK, EXIT_CONFLICTS, EXIT_FAILURE = 0, 1, 2
+CONFLICT_ID = click.IntRange(1, 2**63 - 1)   # a SQLite INTEGER: a larger number is a typo, not an id
 
 
 def _emit(data: Any, as_json: bool, render: Any) -> None:
@@ -356,7 +357,7 @@ def _conflict_table(rows: list[dict[str, Any]], *, show_status: bool = False) ->
 @_filter_options
 @click.option("--sort", default="id", type=click.Choice(["id", "amount", "age"]),
               help="amount: largest first; age: oldest first.")
-@click.option("--limit", default=None, type=int, help="Show at most N (the totals cover all that match).")
+@click.option("--limit", default=None, type=click.IntRange(1, 10**9), help="Show at most N (the totals cover all that match).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def conflicts_list(ctx: click.Context, status_: str, kinds: tuple[str, ...], source: str | None, student: str | None,
@@ -384,7 +385,7 @@ def conflicts_list(ctx: click.Context, status_: str, kinds: tuple[str, ...], sou
 
 
 @conflicts.command("show")
-@click.argument("conflict_id", type=int)
+@click.argument("conflict_id", type=CONFLICT_ID)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def conflicts_show(ctx: click.Context, conflict_id: int, as_json: bool) -> None:
@@ -478,7 +479,7 @@ def _actor() -> str:
 
 
 @conflicts.command("resolve")
-@click.argument("ids", type=int, nargs=-1, required=True)
+@click.argument("ids", type=CONFLICT_ID, nargs=-1, required=True)
 @click.option("--note", required=True, help="What was done (kept in the conflict's history).")
 @click.option("--by", "actor", default=_actor, help="Who did it (default: your login).")
 @click.option("--json", "as_json", is_flag=True)
@@ -489,7 +490,7 @@ def conflicts_resolve(ctx: click.Context, ids: tuple[int, ...], note: str, actor
 
 
 @conflicts.command("ignore")
-@click.argument("ids", type=int, nargs=-1, required=True)
+@click.argument("ids", type=CONFLICT_ID, nargs=-1, required=True)
 @click.option("--note", required=True, help="Why nothing will be written for it.")
 @click.option("--by", "actor", default=_actor, help="Who decided (default: your login).")
 @click.option("--json", "as_json", is_flag=True)
@@ -501,14 +502,16 @@ def conflicts_ignore(ctx: click.Context, ids: tuple[int, ...], note: str, actor:
 
 def _render_retried(d: dict[str, Any]) -> None:
     for o in d["retried"]:
-        console.print(f"conflict {o['id']} ({o['doc_id']}, {o['kind']}): {o['outcome']} -> {o['status']}",
+        what = f" ({o['doc_id']}, {o['kind']})" if o.get("kind") else ""
+        moved = o.get("status") and not o["outcome"].startswith("not retried")
+        console.print(f"conflict {o['id']}{what}: {o['outcome']}" + (f" -> {o['status']}" if moved else ""),
                       highlight=False, soft_wrap=True)
     if "resolved" in d:
         console.print(f"{d['resolved']} of {len(d['retried'])} resolved", highlight=False)
 
 
 @conflicts.command("retry")
-@click.argument("ids", type=int, nargs=-1)
+@click.argument("ids", type=CONFLICT_ID, nargs=-1)
 @_filter_options
 @click.option("--all", "all_", is_flag=True, help="Every open conflict a retry can act on.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (bulk retries ask).")
@@ -551,7 +554,8 @@ def conflicts_retry(ctx: click.Context, ids: tuple[int, ...], kinds: tuple[str, 
         outcomes = ops.retry_conflicts(app, targets, actor=actor)
     finally:
         app.close()
-    resolved = sum(1 for o in outcomes if o["status"] == "resolved")
+    # only what this retry resolved counts; "not retried: already resolved" is not a success of this run
+    resolved = sum(1 for o in outcomes if o["status"] == "resolved" and not o["outcome"].startswith("not retried"))
     _emit({"retried": outcomes, "resolved": resolved}, as_json, _render_retried)
     sys.exit(EXIT_OK if resolved == len(outcomes) else EXIT_CONFLICTS)
 

@@ -277,3 +277,16 @@ def test_status_json_shows_cursor_lag_and_last_runs(env):
     assert erp["source"] == "erp" and erp["cursor"]["doc_id"] == "ACC-PAY-2026-00110"
     assert erp["lag_seconds"] > 0 and erp["last_run"]["status"] == "conflicts" and erp["last_success"]
     assert erp["open_conflicts"] == 10
+
+
+def test_retry_of_a_missing_closed_or_absurd_id_is_a_clear_answer_not_a_traceback(env):
+    missing = feesync(env, "conflicts", "retry", "9999")
+    assert missing.exit_code == 1 and "conflict 9999: no such conflict" in missing.stdout
+    cid = ids_of(env, kind="currency_mismatch")[0]
+    assert feesync(env, "conflicts", "resolve", str(cid), "--note", "by hand").exit_code == 0
+    again = feesync(env, "conflicts", "retry", str(cid))
+    assert again.exit_code == 1 and "not retried: already resolved" in again.stdout
+    assert "-> resolved" not in again.stdout and "0 of 1 resolved" in again.stdout
+    for cmd in (["show"], ["retry"], ["resolve", "--note", "x"]):
+        huge = feesync(env, "conflicts", cmd[0], "99999999999999999999999", *cmd[1:])
+        assert huge.exit_code == 2 and "is not in the range" in huge.output, huge.output
