@@ -25,7 +25,7 @@ from sqlalchemy import (
     create_engine, event, inspect, select, text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from sync.errors import StateError
 from sync.events import Position
@@ -312,6 +312,10 @@ class Store:
         except OperationalError as exc:
             engine.dispose()
             raise StateError(f"cannot open state store {store.path!r}: {exc.orig}") from None
+        except DatabaseError as exc:   # e.g. "file is not a database": damaged or not a store at all
+            engine.dispose()
+            raise StateError(f"cannot open state store {store.path!r}: {exc.orig}; if it is damaged, restore "
+                             "the latest backup (deploy/README.md, section 4 'Back up and restore')") from None
         except StateError:
             engine.dispose()
             raise

@@ -104,3 +104,15 @@ def test_liveness_on_a_config_without_sources_is_not_healthy(tmp_path):
     assert probe.returncode == 1, probe.stdout + probe.stderr
     data = json.loads(probe.stdout)
     assert data["ok"] is False and "no enabled source" in data["problems"][0]
+
+
+def test_a_damaged_state_file_is_named_with_what_to_do_not_a_traceback(tmp_path):
+    state = tmp_path / "state.db"
+    state.write_bytes(b"this is not a database, it was overwritten by accident\n" * 100)
+    cfg = tmp_path / "feesync.toml"
+    cfg.write_text(f'state_path = "{state}"\n')
+    for cmd in (["status"], ["conflicts", "list"], ["report", "--out", str(tmp_path / "r")]):
+        out = proc.run("--config", str(cfg), *cmd, secrets=False)
+        text = " ".join(out.stderr.split())
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert "file is not a database" in text and "restore the latest backup" in text, text
