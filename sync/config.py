@@ -59,7 +59,9 @@ def resolve_secret_files(data: dict[str, Any], secret_fields: set[str], where: s
         file_key = f"{name}_file"
         if out.get(file_key):
             if out.get(name):
-                raise BadSecretFile(f"{where}: set either {name} or {file_key}, not both")
+                env = f"FEESYNC_{where.replace('.', '__')}__{name}".upper()
+                hint = f" ({env} is set in the environment)" if os.environ.get(env) else ""
+                raise BadSecretFile(f"{where}: set either {name} or {file_key}, not both{hint}")
             out[name] = read_secret_file(out.pop(file_key), f"{where}.{file_key}")
         else:
             out.pop(file_key, None)

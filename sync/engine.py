@@ -858,6 +858,9 @@ class Engine:
             doc = self.store.document(conn, source, doc_id)
         if doc is None:
             raise LookupError(f"{source}/{doc_id} is not in the ledger")
+        if doc["event_kind"] == "Malformed":
+            raise ValueError("the ERP document itself is malformed; correct it in the ERP (or the file) and the "
+                             "corrected version is read on the next pass; resolve or ignore this one")
         event = from_summary(doc["event_kind"], json.loads(doc["summary"]))
         result = RunResult(source=source, run_id=uuid.uuid4().hex[:12], mode="retry")
         if doc["status"] == "held" and isinstance(event, PaymentReceived):

@@ -191,6 +191,10 @@ class Resolver:
             return self.settings.payment_methods[mode]
         if self.settings.default_payment_method:
             return self.settings.default_payment_method
+        if not mode:
+            raise ConflictError("unknown_payment_method",
+                                "the document names no mode of payment (an empty or missing method); set "
+                                "mapping.default_payment_method, or fill it in the ERP", definitive=False)
         raise ConflictError("unknown_payment_method",
                             f"ERP mode of payment {mode!r} has no LMS payment method; add it to "
                             f"mapping.payment_methods", definitive=False)

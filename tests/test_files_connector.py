@@ -155,3 +155,25 @@ def test_impossible_settings_are_refused_by_check_and_once_with_every_problem_na
     text = " ".join(out.stderr.split())
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "unknown encoding 'nope'" in text and "delimiter ';;' must be one character" in text, text
+
+
+def test_plain_words_for_a_row_without_method_and_for_retrying_a_malformed_row(tmp_path):
+    from sync import ops
+    scn = scenario.build(n_students=2, receipts_per_student=2)
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    (folder / "m.csv").write_text("document_id,date,student,amount,currency,invoice\n"
+                                  "M-1,2026-11-02,S-0,1000,PKR,plan:5000\nM-2,2026-11-02,S-0,abc,PKR,plan:5000\n")
+    with LmsSandbox(scn["lms_seed"]) as lms:
+        app = _app(tmp_path, lms, folder)
+        try:
+            app.engine.run_once("bank")
+            found = _open_conflicts(app)
+            assert found["M-1"] == ("unknown_payment_method", "the document names no mode of payment (an empty "
+                                    "or missing method); set mapping.default_payment_method, or fill it in the ERP")
+            cid = next(r["id"] for r in ops.list_conflicts(app.store) if r["doc_id"] == "M-2")
+            [out] = ops.retry_conflicts(app, [cid])
+            assert out["outcome"].startswith("cannot be retried: the ERP document itself is malformed; correct it")
+            assert out["status"] == "open"
+        finally:
+            app.close()
