@@ -890,8 +890,29 @@ def state_backup(ctx: click.Context, dest: str) -> None:
     console.print(f"backup written: {out}")
 
 
+def _config_first(args: list[str]) -> list[str]:
+    """`feesync conflicts list --config X` works like `feesync --config X conflicts list`: --config is an
+    option of feesync itself, and people put it where they put every other option."""
+    out, moved, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            out += args[i:]
+            break
+        if a == "--config" and i + 1 < len(args):
+            moved += args[i:i + 2]
+            i += 2
+            continue
+        if a.startswith("--config="):
+            moved.append(a)
+        else:
+            out.append(a)
+        i += 1
+    return moved + out
+
+
 def main() -> None:
-    cli(obj={})
+    cli(args=_config_first(sys.argv[1:]), obj={})
 
 
 if __name__ == "__main__":

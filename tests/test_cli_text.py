@@ -116,3 +116,15 @@ def test_a_damaged_state_file_is_named_with_what_to_do_not_a_traceback(tmp_path)
         text = " ".join(out.stderr.split())
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert "file is not a database" in text and "restore the latest backup" in text, text
+
+
+def test_config_after_the_command_works_as_before_it(tmp_path):
+    from sync.state import Store
+    Store.open(tmp_path / "state.db").close()
+    cfg = tmp_path / "feesync.toml"
+    cfg.write_text(f'state_path = "{tmp_path / "state.db"}"\n')
+    after = proc.run("conflicts", "list", "--json", "--config", str(cfg), secrets=False)
+    before = proc.run("--config", str(cfg), "conflicts", "list", "--json", secrets=False)
+    assert after.returncode == before.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["total"] == json.loads(before.stdout)["total"] == 0
+    assert proc.run("status", f"--config={cfg}", secrets=False).returncode == 0
