@@ -237,3 +237,27 @@ def test_dry_run_writes_nothing_and_lists_what_a_real_run_does(sandboxes, make_a
         made = sorted((r.op, r.idem_key) for r in c.execute(select(writes.c.op, writes.c.idem_key)))
     assert listed == made
     assert real.counts["writes_done"] == len(made) == 4
+
+
+def test_a_receipt_whose_invoice_the_erp_cannot_show_waits_alone_and_never_stalls_the_source(sandboxes, make_app):
+    """Its invoice answers 404: the receipt waits for that plan (then `plan_not_created`), while the
+    documents after it sync in the same run (they used to be stuck behind it, run after run)."""
+    scn, lms, erp, app = _setup(sandboxes, make_app, lambda b: [
+        ("Payment Entry", scenario.receipt_for_terms(9, "Learner 0", "ACC-SINV-2026-00009",
+                                                     [("Installment 1", 4000)], b)),   # that invoice is missing
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00001", "Learner 0", ROWS, b + timedelta(minutes=1))),
+        ("Payment Entry", scenario.receipt_for_terms(1, "Learner 0", "ACC-SINV-2026-00001",
+                                                     [("Installment 1", 18000)], b + timedelta(minutes=2)))])
+    first = app.engine.run_once("erp")
+    assert first.status in ("ok", "conflicts"), first.error
+    assert first.counts["create_plan_done"] == 1 and first.counts["pushed"] == 1
+    assert [p["amount"] for p in lms.payments()] == [18000]
+    with app.store.engine.connect() as c:
+        from sync.state import documents
+        waiting = c.execute(select(documents.c.status).where(documents.c.doc_id == "ACC-PAY-2026-00009")).scalar()
+    assert waiting == "waiting" and _open_kinds(app) == []
+
+    later = make_app(lms, erp, mapping={**scenario.LIFECYCLE_MAPPING, "plan_wait_limit": "0s"})
+    second = later.engine.run_once("erp")
+    assert second.status in ("ok", "conflicts") and _open_kinds(later) == ["plan_not_created"]
+    assert len(lms.payments()) == 1 and later.store.get_cursor("erp").doc_id == "ACC-PAY-2026-00001"

@@ -30,9 +30,11 @@ from sync.events import (
     CreditNoteIssued, FeeEvent, Malformed, PaymentCancelled, PaymentReceived, PlanCancelled, PlanIssued, Position,
     Reference, ScheduleRow, Unchanged,
 )
+from sync.logs import get_logger
 from sync.money import to_decimal
 from sync.times import format_naive_local, parse_naive_local, zone
 
+log = get_logger(component="erpnext")
 PE = "Payment Entry"
 SI = "Sales Invoice"
 
@@ -290,9 +292,13 @@ class ERPNextConnector:
         plan_id = None
         if doctype == "Sales Invoice" and isinstance(inv_name, str):
             inv = self._invoice(inv_name)
-            if inv is None:   # a submitted receipt's invoice cannot be deleted: the 404 is passing
-                raise DeferredError(f"Sales Invoice {inv_name} (referenced by a receipt) answered 404; retried next "
-                                    "cycle")
+            if inv is None:
+                # ERPNext keeps a submitted receipt's invoice, so this is a read permission or a site being
+                # restored. Not a reason to stop the whole source (it used to defer every run, forever):
+                # the receipt goes on without the invoice's plan id and installment, so it waits for the
+                # invoice's plan and becomes `plan_not_created` after mapping.plan_wait_limit, or goes
+                # to the student's single active plan when plans do not come from invoices.
+                log.warning("erpnext.invoice_missing", invoice=inv_name, answer=404)
             if inv is not None:
                 plan_id = inv.get(self.settings.plan_id_field) or None
                 if term:
