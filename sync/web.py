@@ -54,9 +54,10 @@ SESSION_SECONDS = 12 * 3600
 MAX_SESSIONS = 5000
 MAX_BODY = 64 * 1024
 LOGIN_FAILURES_PER_WINDOW, LOGIN_WINDOW = 20, 600.0
-_ACTION = re.compile(r"^/conflicts/(\d+)/(resolve|ignore|retry)$")
-_DETAIL = re.compile(r"^/conflicts/(\d+)$")
-_API_DETAIL = re.compile(r"^/api/conflicts/(\d+)$")
+# ids are SQLite INTEGERs: more than 18 digits is no id (404, not an overflow and a 500)
+_ACTION = re.compile(r"^/conflicts/(\d{1,18})/(resolve|ignore|retry)$")
+_DETAIL = re.compile(r"^/conflicts/(\d{1,18})$")
+_API_DETAIL = re.compile(r"^/api/conflicts/(\d{1,18})$")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -147,7 +148,7 @@ class _Sessions:
 
     def failed(self) -> None:
         with self._lock:
-            self._failures.append(time.monotonic())
+            self._failures = self._failures[-LOGIN_FAILURES_PER_WINDOW * 4:] + [time.monotonic()]   # bounded
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -645,6 +646,8 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization") or ""
         if not auth.lower().startswith("bearer "):
             return False
+        if not self.st.sessions.login_allowed():   # Bearer guesses count and are throttled like form logins
+            raise _Refused(429, "too many wrong tokens; wait a few minutes")
         if not hmac.compare_digest(auth[7:].strip().encode(), (self.st.admin_token or "").encode()):
             self.st.sessions.failed()
             raise _Refused(403, "wrong admin token")

@@ -162,6 +162,18 @@ def test_a_script_may_act_with_the_bearer_token_and_retry_from_the_page_resolves
     assert bad[0] == 403 and status_of(env.app, 2).status == "open"
 
 
+def test_bearer_guesses_are_throttled_and_absurd_ids_are_404(env, web):
+    """Wrong Bearer tokens count like wrong form tokens: after 20 in the window, 429 (before any compare)."""
+    bad = {"Authorization": "Bearer nope", "Accept": "application/json"}
+    codes = [http("POST", f"{web.url}/conflicts/2/ignore", data={"note": "x"}, headers=bad)[0] for _ in range(21)]
+    assert codes[:20] == [403] * 20 and codes[20] == 429
+    good = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Accept": "application/json"}
+    assert http("POST", f"{web.url}/conflicts/2/ignore", data={"note": "x"}, headers=good)[0] == 429
+    assert status_of(env.app, 2).status == "open"
+    for path in ("/conflicts/99999999999999999999999", "/api/conflicts/" + "9" * 5000):
+        assert http("GET", web.url + path)[0] == 404, path
+
+
 def test_without_an_admin_token_the_page_is_read_only(env):
     """No token configured: no action forms, and every POST is refused."""
     with StatusServer(env.app, listen="127.0.0.1:0") as web:
