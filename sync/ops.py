@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -652,6 +653,17 @@ EXPORT_COLUMNS = ("id", "status", "source", "doc_id", "kind", "amount", "currenc
                   "age", "created_at", "updated_at", "attempts", "auto_retries", "detail", "next_step", "note")
 
 
+_NUMBER = re.compile(r"[+-]?\d[\d,]*(\.\d+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet will not run: ERP text that starts like a formula (`=HYPERLINK(...)`, `+`, `-`,
+    `@`, a tab or CR) gets a leading apostrophe (OWASP's advice); numbers stay numbers."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def export(rows: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(conflicts_payload(rows), indent=2, default=str)
@@ -661,7 +673,7 @@ def export(rows: list[dict[str, Any]], fmt: str) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(EXPORT_COLUMNS)
     for r in rows:
-        w.writerow(["" if r.get(c) is None else r.get(c) for c in EXPORT_COLUMNS])
+        w.writerow([csv_cell("" if r.get(c) is None else r.get(c)) for c in EXPORT_COLUMNS])
     return buf.getvalue()
 
 

