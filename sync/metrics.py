@@ -71,8 +71,9 @@ class StateCollector:
         drifts = GaugeMetricFamily("feesync_reconcile_drifts", "Drifts found by the latest reconciliation",
                                    labels=["source", "kind"])
         with self.store.engine.connect() as c:
-            for source, n in c.execute(select(documents.c.source, func.count()).where(
-                    documents.c.status == "pushed").group_by(documents.c.source)):
+            for source, n in c.execute(select(documents.c.source, func.count()).where(   # receipts, not plans
+                    documents.c.status == "pushed", documents.c.event_kind == "PaymentReceived")
+                    .group_by(documents.c.source)):
                 pushed.add_metric([source], n)
             for source, status, n in c.execute(select(writes.c.source, writes.c.status, func.count())
                                                .group_by(writes.c.source, writes.c.status)):

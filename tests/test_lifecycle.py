@@ -51,6 +51,13 @@ def test_invoice_with_3_installments_becomes_one_plan_paid_to_completion(sandbox
     assert [p["amount"] for p in pays] == [18000, 13500, 13500]
     assert [p["fee_installment_id"] for p in pays] == [i["id"] for i in plan["installments"]]
     assert _open_kinds(app) == []
+    # /metrics counts receipts, not the invoice whose plan was created
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sync.metrics import app_collector, render
+    samples = {s.name: s.value for f in text_string_to_metric_families(render(app_collector(app)).decode())
+               for s in f.samples if s.labels.get("source") == "erp"}
+    assert samples["feesync_receipts_pushed_total"] == 3
 
 
 def test_cancelled_invoice_cancels_its_plan(sandboxes, make_app):
