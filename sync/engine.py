@@ -126,6 +126,9 @@ class _Run:
     undecided: set[str] = field(default_factory=set)
     waiting: dict[str, list[FeeEvent]] = field(default_factory=dict)
     last_cursor: Position | None = None
+    # a dry run stores nothing: what it decided per document (status, reason), so later documents of the
+    # same dry run see what a real run would have stored by then
+    dry_outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def advance_for(self, event: FeeEvent) -> Position | None:
         """The cursor value this document's outcome may commit, or None (never past an undecided one)."""
@@ -342,7 +345,9 @@ class Engine:
     def _skip(self, run: _Run, event: FeeEvent, reason: str) -> str:
         run.result.skipped[reason] += 1
         self._decided(run, event)
-        if not run.dry_run:
+        if run.dry_run:
+            run.dry_outcomes[event.doc_id] = ("skipped", reason)
+        else:
             with self.store.tx() as conn:
                 self._save_doc(conn, run.source, event, "skipped", reason)
                 self.store.close_conflicts(conn, run.source, event.doc_id, note=f"skipped: {reason}")
@@ -356,6 +361,7 @@ class Engine:
         log.info("conflict.would_open" if run.dry_run else "conflict.opened", source=run.source,
                  doc_id=event.doc_id, kind=exc.kind, detail=exc.detail)
         if run.dry_run:
+            run.dry_outcomes[event.doc_id] = (status, exc.kind)
             return "conflict"
         amount = getattr(event, "amount", None)
         if isinstance(event, PlanIssued):
@@ -383,6 +389,9 @@ class Engine:
         with self.store.tx() as conn:
             doc = self.store.document(conn, run.source, event.doc_id)
             inv = self.store.document(conn, run.source, invoice)
+        if run.dry_run and invoice in run.dry_outcomes:
+            status, reason = run.dry_outcomes[invoice]
+            inv = {"status": status, "reason": reason}
         if inv is not None and inv["status"] in ("conflict", "skipped"):
             why = f"its conflict ({inv['reason']})" if inv["status"] == "conflict" else f"it was {inv['reason']}"
             return self._conflict(run, event, ConflictError(

@@ -268,3 +268,30 @@ def test_a_receipt_whose_invoice_the_erp_cannot_show_waits_alone_and_never_stall
     second = later.engine.run_once("erp")
     assert second.status in ("ok", "conflicts") and _open_kinds(later) == ["plan_not_created"]
     assert len(lms.payments()) == 1 and later.store.get_cursor("erp").doc_id == "ACC-PAY-2026-00001"
+
+
+def test_dry_run_of_a_first_sync_plans_waivers_and_conflicts_as_the_real_run_does(sandboxes, make_app):
+    """From an empty state: plans created in the same (dry) run get their receipts and credit notes planned
+    as a real run makes them (the dry run used to call a full credit note partial), and a receipt on a
+    cancelled invoice is `plan_not_created` in both (the dry run used to leave it waiting)."""
+    scn, lms, erp, app = _setup(sandboxes, make_app, lambda b: [
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00001", "Learner 0", ROWS, b)),
+        ("Payment Entry", scenario.receipt_for_terms(1, "Learner 0", "ACC-SINV-2026-00001",
+                                                     [("Installment 1", 18000)], b + timedelta(minutes=1))),
+        ("Sales Invoice", scenario.credit_note("ACC-SINV-2026-00003", "ACC-SINV-2026-00001", "Learner 0", 27000,
+                                               b + timedelta(minutes=2))),
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00005", "Learner 0", [("2026-11-15", 5000)], b,
+                                           item="DS-201", docstatus=2)),
+        ("Payment Entry", scenario.receipt_for_terms(2, "Learner 0", "ACC-SINV-2026-00005",
+                                                     [("Installment 1", 5000)], b + timedelta(minutes=3)))])
+    dry = app.engine.run_once("erp", dry_run=True)
+    assert lms.stats()["writes_received"] == 0
+    listed = sorted((w["op"], w["key"]) for w in dry.planned)
+    real = app.engine.run_once("erp")
+    with app.store.engine.connect() as c:
+        from sync.state import writes
+        made = sorted((r.op, r.idem_key) for r in c.execute(select(writes.c.op, writes.c.idem_key)))
+    assert listed == made
+    assert [op for op, _ in made].count("waive_installment") == 2
+    assert dict(dry.conflicts) == dict(real.conflicts) == {"plan_not_created": 1}
+    assert _open_kinds(app) == ["plan_not_created"]
