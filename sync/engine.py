@@ -355,7 +355,8 @@ class Engine:
         return "skipped"
 
     def _conflict(self, run: _Run, event: FeeEvent, exc: ConflictError, *, write: dict[str, Any] | None = None,
-                  status: str = "conflict", receipt: str | None = None, keep_status: bool = False) -> str:
+                  status: str = "conflict", receipt: str | None = None, keep_status: bool = False,
+                  money: tuple[str | None, str | None] | None = None) -> str:
         run.result.conflicts[exc.kind] += 1
         self._decided(run, event)
         log.info("conflict.would_open" if run.dry_run else "conflict.opened", source=run.source,
@@ -366,6 +367,9 @@ class Engine:
         amount = getattr(event, "amount", None)
         if isinstance(event, PlanIssued):
             amount = event.total - event.discount
+        currency = getattr(event, "currency", None)
+        if money is not None:   # e.g. a cancellation: the money is the pushed receipt's, from the ledger
+            amount, currency = money
         with self.store.tx() as conn:
             if keep_status:
                 self.store.upsert_document(conn, run.source, event.doc_id, version=event.version)
@@ -378,7 +382,7 @@ class Engine:
                 conn, source=run.source, institute=self.institute(run.source), doc_id=event.doc_id, kind=exc.kind,
                 detail=detail,
                 write_id=write["id"] if write else None,
-                amount=str(amount) if amount is not None else None, currency=getattr(event, "currency", None),
+                amount=str(amount) if amount is not None else None, currency=currency,
                 customer=getattr(event, "customer", None), lms_receipt=receipt,
                 request=json.loads(write["body"]) if write else event.summary(), response=exc.response)
             self._commit_cursor(conn, run, event)
@@ -440,7 +444,7 @@ class Engine:
                 with self.store.tx() as conn:
                     self.store.upsert_document(conn, run.source, event.doc_id, reason="cancelled_in_erp")
             return self._conflict(run, event, exc, receipt=done[0]["receipt_number"], keep_status=True,
-                                  write=done[0])
+                                  write=done[0], money=(doc["amount"], doc["currency"]) if doc else None)
         return self._skip(run, event, "cancelled")
 
     def _receipt(self, run: _Run, event: PaymentReceived, *, retry: bool = False) -> str:

@@ -143,8 +143,8 @@ def render_html(data: dict[str, Any]) -> str:
         f"<p class=\"muted\">Generated {esc(local_time(data['generated_at'], tz))} ({esc(tz)}) from the state store. "
         "Each open conflict is an ERP document (a receipt, an invoice or a credit note) that is not, or not "
         "correctly, in the LMS; the table at the end says what to do next for each one. The money at stake "
-        "counts receipts only: money the ERP received that the LMS does not show. Invoice totals and credit "
-        "notes in conflict are shown beside it, not added to it.</p>",
+        "counts receipts only: money the ERP received that the LMS does not show, or shows after the ERP "
+        "cancelled it. Invoice totals and credit notes in conflict are shown beside it, not added to it.</p>",
         "<div class=\"cards\">",
         f"<div class=\"card\"><div class=\"label\">Open conflicts</div>"
         f"<div class=\"value\" id=\"total-open\"{attrs(data_value=t['total'])}>{t['total']}</div></div>",

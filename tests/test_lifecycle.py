@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 
 from sqlalchemy import select
 
@@ -212,7 +213,9 @@ def test_cancelled_pushed_receipt_and_its_amendment(sandboxes, make_app):
     with app.store.engine.connect() as c:
         detail = c.execute(select(conflicts.c.detail).where(conflicts.c.kind == "reversed_in_erp")).scalar()
         cid = c.execute(select(conflicts.c.id).where(conflicts.c.kind == "reversed_in_erp")).scalar()
+        money = c.execute(select(conflicts.c.amount, conflicts.c.currency).where(conflicts.c.id == cid)).one()
     assert receipt in detail
+    assert (Decimal(money[0]), money[1]) == (Decimal(1000), "PKR")   # the money the LMS still holds
     app.engine.run_once("erp")
     assert len(lms.payments()) == 1, "not pushed while the original's conflict is open"
     from sync import ops
