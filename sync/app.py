@@ -63,6 +63,13 @@ def build_app(settings: Settings, *, lms_transport: Any = None, pacing: bool = T
     connectors = build_connectors(settings, stop_event)
     target = settings.state_target()
     store = Store.open(target)
+    try:
+        store.check_writable()   # every user of build_app writes (sync, retry, map)
+    except Exception:
+        store.close()
+        for c in connectors.values():
+            c.close()
+        raise
     pg_url = target if not store.is_sqlite else None
     clients: dict[str, LmsClient] = {}
     try:

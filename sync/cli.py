@@ -712,8 +712,11 @@ def reconcile(ctx: click.Context, source: str, since: str | None, as_json: bool)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--liveness", is_flag=True, help="Only probe that this host's daemon is alive and healthy (its "
               "/healthz when status_listen is set, else recent runs in the state store); for health checks.")
+@click.option("--offline", is_flag=True, help="Validate the configuration, the connectors and the state store "
+              "(it must be writable) without reaching the LMS or any ERP: the check a service runs before it "
+              "starts, so one ERP or key that is down does not keep the other sources from running.")
 @click.pass_context
-def check(ctx: click.Context, as_json: bool, liveness: bool = False) -> None:
+def check(ctx: click.Context, as_json: bool, liveness: bool = False, offline: bool = False) -> None:
     """Validate the configuration, reach every endpoint and verify the LMS key's scopes. Exit 0 or 1."""
     from sync import ops
     obj = ctx.ensure_object(dict)
@@ -723,14 +726,16 @@ def check(ctx: click.Context, as_json: bool, liveness: bool = False) -> None:
     try:
         settings = load_settings(obj.get("config"), secrets=False)
         logs.configure(settings.log_format, settings.log_level)
-        problems = missing_secrets(settings) + ops.check(settings)   # every problem, in one list
+        problems = missing_secrets(settings) + ops.check(settings, offline=offline)   # every problem, one list
     except ConfigError as exc:
         problems = exc.problems
     data = {"ok": not problems, "problems": [logs.redact(p) for p in problems]}
 
     def render(d: dict[str, Any]) -> None:
         if d["ok"]:
-            console.print("[green]ok[/green]: configuration valid, LMS and every source reachable", markup=True)
+            console.print("[green]ok[/green]: configuration valid" + (
+                ", state store writable (offline: LMS and sources not contacted)" if offline
+                else ", LMS and every source reachable"), markup=True)
         else:
             console.print(f"[red]{len(d['problems'])} problem(s):[/red]", markup=True)
             for p in d["problems"]:
@@ -882,7 +887,7 @@ def state_backup(ctx: click.Context, dest: str) -> None:
     """Take an online, consistent copy of the SQLite state store (the daemon may keep running)."""
     from sync.state import Store
     settings = _settings(ctx.find_root(), secrets=False)
-    store = Store.open(settings.state_target(), create=False)
+    store = Store.open(settings.state_target(), create=False, any_version=True)   # also before an upgrade
     try:
         out = store.backup(dest)
     finally:

@@ -27,7 +27,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sync import ops
 from sync.app import App, build_app
 from sync.config import Settings
-from sync.logs import get_logger
+from sync.logs import get_logger, redact
 from sync.sdnotify import Watchdog
 from sync.times import parse_duration, zone
 
@@ -57,8 +57,14 @@ class Daemon:
     def job(self, source: str) -> None:
         if self.stopping.is_set():
             return
-        if not self.leases.acquire(source):
-            return   # another replica holds this source
+        try:
+            if not self.leases.acquire(source):
+                return   # another replica holds this source
+        except Exception as exc:  # noqa: BLE001 - e.g. a read-only or vanished state store: logged, not a traceback
+            with self._lock:
+                self.summary["failed"] += 1
+            log.error("run.crashed", source=source, error=redact(f"{type(exc).__name__}: {exc}")[:500])
+            return
         with self._lock:
             self.busy[source] = True
         try:

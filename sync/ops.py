@@ -678,8 +678,10 @@ def export(rows: list[dict[str, Any]], fmt: str) -> str:
 
 
 # --- check ---------------------------------------------------------------------------------------------
-def check(settings: Any) -> list[str]:
-    """Connectors load and validate, the state store opens, LMS and ERPs answer, the key has its scopes."""
+def check(settings: Any, *, offline: bool = False) -> list[str]:
+    """Connectors load and validate, the state store opens and can be written, LMS and ERPs answer, the
+    key has its scopes. `offline`: no network (what a service checks before it starts: an ERP or an LMS
+    key that is down must not keep every other source from running)."""
     from sync.app import build_connectors
     from sync.lms import LmsClient
     problems: list[str] = []
@@ -692,9 +694,17 @@ def check(settings: Any) -> list[str]:
         problems.extend(getattr(exc, "problems", [str(exc)]))
         connectors = {}
     try:
-        Store.open(settings.state_target()).close()
+        store = Store.open(settings.state_target())
+        try:
+            store.check_writable()
+        finally:
+            store.close()
     except Exception as exc:  # noqa: BLE001
         problems.append(f"state: {exc}")
+    if offline:
+        for conn in connectors.values():
+            conn.close()
+        return problems
     for inst_id, inst in settings.institutes.items():
         if inst.lms.api_key is None:
             continue   # reported by config.missing_secrets

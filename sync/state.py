@@ -286,8 +286,9 @@ class Store:
 
     # --- opening -------------------------------------------------------------------------
     @classmethod
-    def open(cls, target: str | Path, *, create: bool = True) -> Store:
-        """Open a store; a new one is created by the migrations; an outdated one is refused."""
+    def open(cls, target: str | Path, *, create: bool = True, any_version: bool = False) -> Store:
+        """Open a store; a new one is created by the migrations; an outdated one is refused (unless
+        `any_version`: `state backup` copies a store of any version, before an upgrade)."""
         url = state_url(target)
         if url.startswith("sqlite:///"):
             p = Path(url.removeprefix("sqlite:///"))
@@ -308,7 +309,8 @@ class Store:
                     return store
                 if "meta" not in tables:
                     raise StateError(f"{store.path!r} is not a feesync state store (unknown tables)")
-                store._check_version(conn)
+                if not any_version:
+                    store._check_version(conn)
         except OperationalError as exc:
             engine.dispose()
             raise StateError(f"cannot open state store {store.path!r}: {exc.orig}") from None
@@ -320,6 +322,16 @@ class Store:
             engine.dispose()
             raise
         return store
+
+    def check_writable(self) -> None:
+        """A no-op write, so that a store the daemon cannot write (a restored file left root-owned, a read-only
+        mount) is refused at start-up with one clear line instead of failing every job."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=meta.c.value))
+        except DatabaseError as exc:
+            raise StateError(f"state store {self.path!r} cannot be written: {exc.orig}; check its owner and "
+                             "permissions (the service user must own it and its folder)") from None
 
     def _check_version(self, conn: Connection) -> None:
         version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()

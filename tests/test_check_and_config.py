@@ -159,3 +159,26 @@ def test_two_sources_reading_the_same_folder_for_one_institute_are_refused(tmp_p
     assert "sources.csv_b: reads the same files data as sources.csv_a (same folder)" in text, text
     once = proc.run("--config", str(cfg), "once", secrets=False, extra_env={"FEESYNC_LMS__API_KEY": scenario.LMS_KEY})
     assert once.returncode == 2 and "reads the same files data" in " ".join(once.stderr.split())
+
+
+def test_check_offline_passes_with_an_erp_down_and_refuses_a_store_it_cannot_write(sandboxes, tmp_path):
+    """What the service runs before it starts: no network (an ERP that is down stops only its source once
+    the daemon runs), but a state store the service user cannot write is refused there, and by `once`."""
+    scn = scenario.build(n_students=1, receipts_per_student=1)
+    lms, erp = sandboxes(scn)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(scenario.config_toml(str(tmp_path / "s.db"), lms.base_url, "http://127.0.0.1:9"))
+    assert proc.run("--config", str(cfg), "check").returncode == 1
+    offline = proc.run("--config", str(cfg), "check", "--offline", "--json")
+    assert offline.returncode == 0 and json.loads(offline.stdout) == {"ok": True, "problems": []}, offline.stdout
+
+    # a store this process cannot write (read-only the way a mount or a root-owned restore is; root
+    # writes any file, so SQLite's read-only mode stands in for the permission here)
+    ro_cfg = tmp_path / "ro.toml"
+    ro_cfg.write_text(cfg.read_text().replace(
+        f'state_path = "{tmp_path / "s.db"}"', f'state_url = "sqlite:///file:{tmp_path / "s.db"}?mode=ro&uri=true"'))
+    ro = proc.run("--config", str(ro_cfg), "check", "--offline", "--json")
+    assert ro.returncode == 1 and "cannot be written" in " ".join(json.loads(ro.stdout)["problems"]), ro.stdout
+    once = proc.run("--config", str(ro_cfg), "once")
+    assert once.returncode == 2 and "Traceback" not in once.stderr, once.stderr[-2000:]
+    assert "attempt to write a readonly database" in " ".join(once.stderr.split())

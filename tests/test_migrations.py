@@ -99,6 +99,12 @@ def test_state_upgrade_command_and_then_the_daemon_opens_it(v1_copy, tmp_path):
                               extra_env={"FEESYNC_LMS__API_KEY": "zl_only_for_this_test"})
     refused = run("status")
     assert refused.returncode == 2 and "feesync state upgrade" in refused.stderr
+    assert "Back it up (feesync state backup FILE)" in " ".join(refused.stderr.split())
+    # ... which works on the outdated store, as the message says (it used to refuse the same way)
+    backup = run("state", "backup", str(tmp_path / "before-upgrade.db"))
+    assert backup.returncode == 0, backup.stderr
+    with sqlite3.connect(tmp_path / "before-upgrade.db") as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
     up = run("state", "upgrade", "--json")
     assert up.returncode == 0, up.stderr
     status = run("status", "--json")

@@ -120,7 +120,7 @@ def test_unit_is_a_hardened_notify_service_with_a_watchdog():
     assert one("Restart") == "on-failure"
     assert one("KillSignal") == "SIGTERM"
     assert one("ExecStart") == f"{INSTALLED_BIN} run"
-    assert one("ExecStartPre") == f"{INSTALLED_BIN} check"
+    assert one("ExecStartPre") == f"{INSTALLED_BIN} check --offline"   # an ERP that is down must not block start
     assert one("CapabilityBoundingSet") == ""
     assert "FEESYNC_CONFIG=/etc/feesync/feesync.toml" in values("Environment")
     assert "PYTHONFAULTHANDLER=1" in values("Environment")   # SIGABRT from the watchdog dumps the stacks
