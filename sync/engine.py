@@ -29,6 +29,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import structlog
 from sqlalchemy import Connection, select
 
 from sync import contract as C
@@ -185,6 +186,9 @@ class Engine:
         result = RunResult(source=source, run_id=run_id, mode="dry-run" if dry_run else mode)
         institute = self.institute(source)
         rlog = log.bind(institute=institute, source=source, run_id=run_id, mode=result.mode)
+        # every event of this run (push.succeeded, conflict.opened, the connector's own) carries them too
+        ctx_tokens = structlog.contextvars.bind_contextvars(institute=institute, run_id=run_id, mode=result.mode)
+        lms_before = Counter(self.lms_for(source).requests)
         rid = None if dry_run else self.store.start_run(run_id, source, result.mode, institute=institute)
         cursor_key = cursor_name or source
         resolver = self._resolver(source, learn=not dry_run)
@@ -251,6 +255,7 @@ class Engine:
             result.status = "failed"
             result.error = redact(f"{type(exc).__name__}: {exc}")
             rlog.error("run.failed", error=result.error)
+            structlog.contextvars.reset_contextvars(**ctx_tokens)
             if rid is not None:
                 self.store.finish_run(rid, result.status, dict(result.counts), result.error)
             raise
@@ -259,10 +264,13 @@ class Engine:
             self.store.finish_run(rid, result.status, {**result.counts, "skipped": dict(result.skipped),
                                                        "conflicts": dict(result.conflicts),
                                                        "seconds": round(result.seconds, 3)}, result.error)
+        sent = Counter(self.lms_for(source).requests)
+        sent.subtract(lms_before)
         rlog.info("run.finished", status=result.status, seconds=round(result.seconds, 3),
                   **{f"n_{k}": v for k, v in result.counts.items()},
                   skipped=dict(result.skipped), conflicts=dict(result.conflicts),
-                  lms_requests=dict(self.lms_for(source).requests))
+                  lms_requests={k: v for k, v in sorted(sent.items()) if v > 0})   # during this run, by status
+        structlog.contextvars.reset_contextvars(**ctx_tokens)
         return result
 
     # --- cursor and ledger helpers -----------------------------------------------------------------

@@ -149,3 +149,40 @@ def test_erp_text_that_looks_like_a_formula_is_exported_as_text(sandboxes, tmp_p
     assert "'" + evil.replace('"', '""') in (tmp_path / "rep" / "conflicts.csv").read_text()
     assert json.loads(proc.run("--config", str(cfg), "conflicts", "list", "--json").stdout)[
         "conflicts"][0]["customer"] == evil   # JSON keeps the value as the ERP holds it
+
+
+def test_log_events_of_a_run_carry_its_institute_and_run_id_and_count_only_its_own_requests(sandboxes, tmp_path,
+                                                                                             capfd, monkeypatch):
+    scn = scenario.build(n_students=2, receipts_per_student=2)
+    lms, erp = sandboxes(scn)
+    cfg = proc.write_config(tmp_path, lms, erp)
+
+    def events(out):
+        return [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    first = events(proc.run("--config", str(cfg), "once"))
+    [finished] = [e for e in first if e["event"] == "run.finished"]
+    pushes = [e for e in first if e["event"] == "push.succeeded"]
+    assert len(pushes) == 4
+    assert all(e["institute"] == "default" and e["run_id"] == finished["run_id"] and e["source"] == "erp"
+               for e in pushes), pushes[0]
+    assert finished["lms_requests"].get("201") == 4
+    # in one long-lived process (the daemon), a second, idle run reports its own requests: none
+    from sync import logs
+    from sync.app import build_app
+    from sync.config import load_settings
+    for k, v in scenario.secret_env().items():
+        monkeypatch.setenv(k, v)
+    settings = load_settings(cfg)
+    logs.configure("json", "info")
+    app = build_app(settings, sleep=lambda s: None)
+    try:
+        erp.insert("Payment Entry", scenario.new_receipt(77, "Student 0", 1000, "ACC-SINV-2026-00001",
+                                                         scenario.datetime(2026, 11, 3, 9, 0, tzinfo=scenario.KHI)))
+        capfd.readouterr()
+        app.engine.run_once("erp")
+        app.engine.run_once("erp")
+        runs = [json.loads(line) for line in capfd.readouterr().err.splitlines()
+                if line.startswith("{") and '"run.finished"' in line]
+    finally:
+        app.close()
+    assert [r["lms_requests"].get("201", 0) for r in runs] == [1, 0], [r["lms_requests"] for r in runs]
