@@ -117,10 +117,15 @@ class StateCollector:
                     runs.c.status.in_(("ok", "conflicts")), runs.c.mode == "live").group_by(runs.c.source)):
                 if finished:
                     last_ok.add_metric([source], parse_iso(finished).timestamp())
+        unexplained = GaugeMetricFamily("feesync_reconcile_drifts_unexplained",
+                                        "Drifts of the latest reconciliation that no open conflict explains",
+                                        labels=["source"])
         for result in recon.latest(self.store):
             for kind, n in sorted(result.get("counts", {}).items()):
                 drifts.add_metric([result["source"], kind], n)
-        yield from (pushed, wr, open_c, stake, dur, last_dur, runs_total, lag, last_ok, drifts)
+            if result.get("unexplained") is not None:
+                unexplained.add_metric([result["source"]], result["unexplained"])
+        yield from (pushed, wr, open_c, stake, dur, last_dur, runs_total, lag, last_ok, drifts, unexplained)
         if self.lms_requests is not None:
             req = CounterMetricFamily("feesync_lms_requests", "LMS requests sent by this process, by HTTP status",
                                       labels=["status"])

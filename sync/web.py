@@ -42,6 +42,7 @@ from sync import metrics, ops, report
 from sync import reconcile as recon
 from sync._web_html import attrs, esc, kind_badge, money_cell, page, status_span, table
 from sync._web_util import parse_listen
+from sync.health import _age as short_age   # seconds under two minutes: a limit can be that short
 from sync.logs import get_logger, redact
 from sync.state import runs
 from sync.times import parse_duration, parse_iso, utcnow
@@ -103,10 +104,10 @@ def health(app: Any, *, scheduler_running: bool, started_at: datetime | None,
                         "max_stale_seconds": int(limit.total_seconds()), "ok": fresh}
         if not fresh:
             if ok_at is None:
-                reasons.append(f"source {name}: no successful run (limit {ops._age(limit.total_seconds())})")
+                reasons.append(f"source {name}: no successful run (limit {short_age(limit.total_seconds())})")
             else:
-                reasons.append(f"source {name}: last successful run {ops._age(age.total_seconds())} ago, "
-                               f"older than its limit {ops._age(limit.total_seconds())}")
+                reasons.append(f"source {name}: last successful run {short_age(age.total_seconds())} ago, "
+                               f"older than its limit {short_age(limit.total_seconds())}")
     return {"ok": not reasons, "reasons": reasons, "sources": detail, "checked_at": now.isoformat()}
 
 
