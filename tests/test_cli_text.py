@@ -186,3 +186,23 @@ def test_log_events_of_a_run_carry_its_institute_and_run_id_and_count_only_its_o
     finally:
         app.close()
     assert [r["lms_requests"].get("201", 0) for r in runs] == [1, 0], [r["lms_requests"] for r in runs]
+
+
+def test_logging_follows_the_current_stderr_after_the_one_at_start_up_is_closed(monkeypatch):
+    import io
+    import sys
+
+    from sync import logs
+    saved = logs.structlog.get_config()
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    try:
+        logs.configure("json", "info")
+        logs.get_logger().info("one")
+        first.close()   # the stream in place at start-up goes away (a test's capture, a redirect)
+        second = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", second)
+        logs.get_logger().info("two")
+    finally:
+        logs.structlog.configure(**saved)
+    assert [json.loads(line)["event"] for line in second.getvalue().splitlines()] == ["two"]
