@@ -6,11 +6,13 @@ import copy
 import io
 import json
 
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from sync import logs
 from sync.app import build_app
 from sync.config import Settings
+from sync.metrics import app_collector, render
 from sync.sandbox.erpnext import ERPNextFake
 from sync.sandbox.lms import LmsSandbox
 from sync.state import documents, runs
@@ -69,6 +71,7 @@ def test_revoking_one_institutes_key_stops_only_its_sources(tmp_path):
             with app.store.engine.connect() as c:
                 insts = dict(c.execute(select(documents.c.source, documents.c.institute).distinct()).all())
                 run_insts = set(c.execute(select(runs.c.institute)).scalars())
+            metrics_text = render(app_collector(app)).decode()
         finally:
             app.close()
             logs.configure("json", "warning")
@@ -79,6 +82,15 @@ def test_revoking_one_institutes_key_stops_only_its_sources(tmp_path):
     assert going.status == "ok" and going.counts["pushed"] == 1
     assert len(by_inst[True]) == 7 and len(by_inst[False]) == 6      # B got its new receipt, A did not
     assert insts == {"erp-a": "a", "erp-b": "b"} and run_insts == {"a", "b"}
+    # /metrics carries the institute: A's refused key is visible as A's, not as a process-wide total
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(metrics_text) for s in f.samples}
+    assert samples[("feesync_receipts_pushed_total", (("institute", "a"), ("source", "erp-a")))] == 6
+    assert samples[("feesync_receipts_pushed_total", (("institute", "b"), ("source", "erp-b")))] == 7
+    assert samples[("feesync_runs_total", (("institute", "a"), ("source", "erp-a"), ("status", "stopped")))] == 1
+    assert samples[("feesync_lms_requests_total", (("institute", "a"), ("status", "401")))] >= 1
+    assert ("feesync_lms_requests_total", (("institute", "b"), ("status", "401"))) not in samples
+    assert samples[("feesync_lms_requests_total", (("institute", "b"), ("status", "201")))] == 7
     events = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
     stop_events = [e for e in events if e.get("event") == "source.stopped"]
     assert stop_events and stop_events[0]["institute"] == "a" and stop_events[0]["source"] == "erp-a"

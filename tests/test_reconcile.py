@@ -163,7 +163,7 @@ def test_cli_reconcile_report_and_status_page_show_the_latest_reconciliation(env
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(render(app_collector(app)).decode()) for s in f.samples}
     unexplained = json.loads(r.stdout)["unexplained"]
-    assert samples[("feesync_reconcile_drifts_unexplained", (("source", "erp"),))] == unexplained
+    assert samples[("feesync_reconcile_drifts_unexplained", (("institute", "default"), ("source", "erp")))] == unexplained
 
 
 def test_the_drift_table_never_cuts_document_ids_or_amounts_on_80_columns(monkeypatch):

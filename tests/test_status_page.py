@@ -261,15 +261,16 @@ def test_healthz_turns_503_when_a_source_last_succeeded_longer_ago_than_max_stal
     text = http("GET", url + "/metrics")[2]
     families = {f.name: f for f in text_string_to_metric_families(text)}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
-    assert samples[("feesync_receipts_pushed_total", (("source", "erp"),))] == 12
+    assert samples[("feesync_receipts_pushed_total", (("institute", "default"), ("source", "erp")))] == 12
     assert sum(v for (n, _), v in samples.items() if n == "feesync_conflicts_open") == 10
-    assert samples[("feesync_conflicts_open", (("kind", "unknown_student"), ("source", "erp")))] == 3
-    assert samples[("feesync_money_at_stake", (("currency", "PKR"),))] == 61700.5
-    assert samples[("feesync_lms_requests_total", (("status", "201"),))] == 12
-    assert samples[("feesync_run_duration_seconds_count", (("source", "erp"),))] >= 1
-    assert samples[("feesync_cursor_lag_seconds", (("source", "erp"),))] > 0
+    assert samples[("feesync_conflicts_open",
+                    (("institute", "default"), ("kind", "unknown_student"), ("source", "erp")))] == 3
+    assert samples[("feesync_money_at_stake", (("currency", "PKR"), ("institute", "default")))] == 61700.5
+    assert samples[("feesync_lms_requests_total", (("institute", "default"), ("status", "201")))] == 12
+    assert samples[("feesync_run_duration_seconds_count", (("institute", "default"), ("source", "erp")))] >= 1
+    assert samples[("feesync_cursor_lag_seconds", (("institute", "default"), ("source", "erp")))] > 0
     assert samples[("feesync_scheduler_running", ())] == 1
-    assert ("feesync_last_success_timestamp_seconds", (("source", "erp"),)) in samples
+    assert ("feesync_last_success_timestamp_seconds", (("institute", "default"), ("source", "erp"))) in samples
 
 
 def test_status_settings_read_the_token_file_redact_it_and_listen_on_loopback_only(tmp_path, monkeypatch):
