@@ -450,7 +450,9 @@ class Engine:
                                 f"receipt {receipts} by hand, then resolve", definitive=False)
             if not run.dry_run:
                 with self.store.tx() as conn:
-                    self.store.upsert_document(conn, run.source, event.doc_id, reason="cancelled_in_erp")
+                    # the ERP changed it at this time: a windowed reconcile still sees it if it is deleted next
+                    self.store.upsert_document(conn, run.source, event.doc_id, reason="cancelled_in_erp",
+                                               changed_at=event.position.changed_at.isoformat())
             return self._conflict(run, event, exc, receipt=done[0]["receipt_number"], keep_status=True,
                                   write=done[0], money=(doc["amount"], doc["currency"]) if doc else None)
         return self._skip(run, event, "cancelled")

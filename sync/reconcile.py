@@ -34,7 +34,7 @@ from sync.events import Malformed, PaymentCancelled, PaymentReceived, Position, 
 from sync.logs import get_logger
 from sync.ops import money_text, to_amount
 from sync.state import Store, conflicts, memo, writes
-from sync.times import utcnow
+from sync.times import parse_iso, utcnow
 
 MEMO_KEY = "ops.reconciliation"
 DRIFT_KINDS = ("missing_in_lms", "not_in_erp", "amount_mismatch")
@@ -102,11 +102,14 @@ def reconcile(app: Any, source: str, *, since: datetime | None = None, summaries
     ledger = _ledger(app.store, source, set(erp) | set(held))
     in_window = set(erp) | cancelled
     if since is not None:
-        since_day = since.date().isoformat()
-        for doc_id, pays in held.items():
+        # The window is ERP change time, the only order every connector lists in: an LMS payment is
+        # in it when its document is (fetched above) or when the ledger last saw that document change
+        # inside it (so a document deleted since is reported). Its payment date says nothing about
+        # when the ERP changed the document: a receipt posted after `since` but last changed before it
+        # is outside the window on both sides, not "gone from the ERP".
+        for doc_id in held:
             changed = ledger["changed_at"].get(doc_id)
-            if doc_id in in_window or (changed and changed >= since.isoformat()) or any(
-                    str(p.get(C.PAY_DATE, ""))[:10] >= since_day for p in pays):
+            if changed and parse_iso(changed) >= since:
                 in_window.add(doc_id)
     else:
         in_window |= set(held)

@@ -129,6 +129,34 @@ def test_since_limits_reconciliation_to_documents_changed_since_that_day(env):
                               ("not_in_erp", "ACC-PAY-2026-00005", "0", "1000")]
 
 
+def test_since_compares_by_erp_change_time_on_both_sides_not_by_payment_date(sandboxes, tmp_path, monkeypatch):
+    """A receipt dated after `since` but last changed in the ERP before it is outside the window on both
+    sides: it is in the ERP and in the LMS, so it is no drift (it was reported as 'deleted?')."""
+    scn = scenario.build(n_students=2, receipts_per_student=2, amount=1000, base=BASE)
+    future = (utcnow() + timedelta(days=3)).date().isoformat()
+    dated_ahead = scn["erp_data"]["documents"]["Payment Entry"][0]
+    dated_ahead["posting_date"] = future          # entered on 1 November, dated three days from now
+    lms, erp = sandboxes(scn)
+    cfg = tmp_path / "feesync.toml"
+    cfg.write_text(scenario.config_toml(str(tmp_path / "state.db"), lms.base_url, erp.url, interval="1h"))
+    for k, v in scenario.secret_env().items():
+        monkeypatch.setenv(k, v)
+    app = build_app(load_settings(cfg), sleep=lambda s: None)
+    try:
+        assert app.engine.run_once("erp").counts["pushed"] == 4
+        assert any(str(p["payment_date"])[:10] == future for p in lms.payments())
+        since = utcnow() - timedelta(days=1)
+        assert recon.reconcile(app, "erp", since=since)["drifts"] == []
+        # a document changed inside the window and then deleted is still reported
+        erp.cancel("Payment Entry", dated_ahead["name"])
+        app.engine.run_once("erp")
+        erp.delete("Payment Entry", dated_ahead["name"])
+        result = recon.reconcile(app, "erp", since=since)
+    finally:
+        app.close()
+    assert [(d["kind"], d["doc_id"]) for d in result["drifts"]] == [("not_in_erp", dated_ahead["name"])]
+
+
 def test_cli_reconcile_report_and_status_page_show_the_latest_reconciliation(env, tmp_path):
     """`feesync reconcile --json` exits 1 with drifts; the report and the status page list them."""
     lms, erp, app, cfg = env
