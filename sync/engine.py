@@ -43,6 +43,7 @@ from sync.events import (
 from sync.lms import LmsClient
 from sync.logs import get_logger, redact
 from sync.mapping import PlannedWrite, Resolver, WaitForPlan
+from sync.money import money_text
 from sync.state import Store, conflicts, documents, writes
 from sync.times import utcnow, zone
 
@@ -145,6 +146,25 @@ class _Run:
 
 def _fp(body_json: str) -> str:
     return hashlib.sha256(body_json.encode()).hexdigest()[:32]
+
+
+def _amount_text(amount: Any) -> str | None:
+    """A conflict's amount in one plain form ("2000", not the ERP's "2000.0")."""
+    if amount is None:
+        return None
+    try:
+        return money_text(Decimal(str(amount)))
+    except ArithmeticError:
+        return str(amount)
+
+
+def _write_amount(write: dict[str, Any]) -> Decimal | None:
+    """The amount one stored record-payment request carries (one part of a multi-reference receipt)."""
+    try:
+        value = json.loads(write["body"]).get(C.PAY_AMOUNT)
+        return Decimal(str(value)) if value is not None and not isinstance(value, bool) else None
+    except (ValueError, TypeError, AttributeError, ArithmeticError):
+        return None
 
 
 class Engine:
@@ -378,7 +398,13 @@ class Engine:
         currency = getattr(event, "currency", None)
         if money is not None:   # e.g. a cancellation: the money is the pushed receipt's, from the ledger
             amount, currency = money
+        elif write is not None and write.get("op") == "record_payment":
+            amount = _write_amount(write) if _write_amount(write) is not None else amount   # this part only
+        customer = getattr(event, "customer", None)
         with self.store.tx() as conn:
+            if customer is None:   # a cancellation names no customer: the document it cancels does
+                known = self.store.document(conn, run.source, event.doc_id)
+                customer = known["customer"] if known else None
             if keep_status:
                 self.store.upsert_document(conn, run.source, event.doc_id, version=event.version)
             else:
@@ -390,8 +416,8 @@ class Engine:
                 conn, source=run.source, institute=self.institute(run.source), doc_id=event.doc_id, kind=exc.kind,
                 detail=detail,
                 write_id=write["id"] if write else None,
-                amount=str(amount) if amount is not None else None, currency=currency,
-                customer=getattr(event, "customer", None), lms_receipt=receipt,
+                amount=_amount_text(amount), currency=currency,
+                customer=customer, lms_receipt=receipt,
                 request=json.loads(write["body"]) if write else event.summary(), response=exc.response)
             self._commit_cursor(conn, run, event)
         return "conflict"
@@ -448,13 +474,23 @@ class Engine:
             receipts = ", ".join(w["receipt_number"] or f"(key {w['idem_key']}, outcome unknown)" for w in done)
             exc = ConflictError("reversed_in_erp", f"cancelled in the ERP after it was pushed; reverse LMS "
                                 f"receipt {receipts} by hand, then resolve", definitive=False)
+            # the money at stake is what the LMS holds for it: the parts written, not the whole receipt
+            parts = [_write_amount(w) for w in done if w["op"] == "record_payment"]
+            held = sum(parts, Decimal(0)) if parts and None not in parts else (doc["amount"] if doc else None)
             if not run.dry_run:
                 with self.store.tx() as conn:
                     # the ERP changed it at this time: a windowed reconcile still sees it if it is deleted next
                     self.store.upsert_document(conn, run.source, event.doc_id, reason="cancelled_in_erp",
                                                changed_at=event.position.changed_at.isoformat())
+                    # parts never written (an overpaid plan, a missing mapping, ...) now have nothing to write
+                    others = {c["kind"] for c in self.store.open_conflicts_for(conn, run.source, event.doc_id)
+                              if c["kind"] not in KEEP_OPEN}
+                    if others:
+                        self.store.close_conflicts(conn, run.source, event.doc_id, kinds=others,
+                                                   note="cancelled in the ERP: nothing more to write for it")
             return self._conflict(run, event, exc, receipt=done[0]["receipt_number"], keep_status=True,
-                                  write=done[0], money=(doc["amount"], doc["currency"]) if doc else None)
+                                  write=done[0], money=(str(held) if held is not None else None,
+                                                        doc["currency"] if doc else None))
         return self._skip(run, event, "cancelled")
 
     def _receipt(self, run: _Run, event: PaymentReceived, *, retry: bool = False) -> str:
@@ -768,7 +804,9 @@ class Engine:
         with self.store.tx() as conn:
             rows = conn.execute(select(documents).where(
                 documents.c.source == source, documents.c.status == "pending",
-                documents.c.changed_at < start.changed_at.isoformat())).mappings().all()
+                documents.c.changed_at < start.changed_at.isoformat(),
+                # a receipt the ERP cancelled is never sent again, not even a write left in flight
+                documents.c.reason.is_(None) | (documents.c.reason != "cancelled_in_erp"))).mappings().all()
         run = _Run(source, self.settings.sources[source], resolver, result, run_id, False, None, None, None, False)
         for doc in rows:
             try:
@@ -863,12 +901,12 @@ class Engine:
             return self._conflict(run, event, exc)
         if remainder > 0 and not planned:
             return self._conflict(run, event, ConflictError(
-                "partial_credit_note", f"credit note of {event.amount} {event.currency} covers no whole unpaid "
+                "partial_credit_note", f"credit note of {money_text(event.amount)} {event.currency} covers no whole unpaid "
                 f"installment of {event.against_invoice}; waive or adjust by hand", definitive=False))
         outcome = self._push(run, event, planned, prior)
         if remainder > 0 and outcome == "pushed":
             self._conflict(run, event, ConflictError(
-                "partial_credit_note", f"credit note waived {len(planned)} installment(s); {remainder} "
+                "partial_credit_note", f"credit note waived {len(planned)} installment(s); {money_text(remainder)} "
                 f"{event.currency} covers no further whole installment; adjust by hand", definitive=False),
                 keep_status=True)
         return outcome
@@ -884,6 +922,10 @@ class Engine:
         if doc["event_kind"] == "Malformed":
             raise ValueError("the ERP document itself is malformed; correct it in the ERP (or the file) and the "
                              "corrected version is read on the next pass; resolve or ignore this one")
+        if doc["reason"] == "cancelled_in_erp":   # the stored event is the receipt as it was before that
+            raise ValueError("the ERP cancelled this receipt after part of it was pushed: nothing more is "
+                             "written for it; reverse what the LMS holds by hand and resolve its reversed_in_erp "
+                             "conflict")
         event = from_summary(doc["event_kind"], json.loads(doc["summary"]))
         result = RunResult(source=source, run_id=uuid.uuid4().hex[:12], mode="retry")
         if doc["status"] == "held" and isinstance(event, PaymentReceived):

@@ -64,3 +64,13 @@ def to_lms_amount(amount: Decimal, *, field: str = "amount") -> int:
         raise ConflictError("invalid_amount", f"{field} {amount} is below 1; the LMS needs a payment >= 1",
                             definitive=False, extra={"amount": str(amount)})
     return int(amount)
+
+
+def plain(value: Decimal) -> Decimal:
+    """The same value without trailing zeros or an exponent (150.0 -> 150, 1000.50 -> 1000.5)."""
+    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
+
+
+def money_text(value: Decimal) -> str:
+    """Exact, plain (no exponent, no trailing zeros): what JSON, CSV and messages carry."""
+    return format(plain(value), "f")

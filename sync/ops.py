@@ -31,6 +31,8 @@ from sqlalchemy import Connection, func, select
 
 from sync.engine import CLOSED_BY_WRITE, KEEP_OPEN, NEVER_REVISE, SELF_HEALING
 from sync.errors import ConflictError, RetryLater, StopSource
+from sync.money import money_text
+from sync.money import plain as _plain
 from sync.state import (
     Store,
     conflict_history,
@@ -128,14 +130,6 @@ def to_amount(text: Any) -> Decimal | None:
     return value if value.is_finite() else None
 
 
-def _plain(value: Decimal) -> Decimal:
-    """The same value without trailing zeros or an exponent (150.0 -> 150, 1000.50 -> 1000.5)."""
-    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
-
-
-def money_text(value: Decimal) -> str:
-    """Exact, plain (no exponent, no trailing zeros): what JSON and CSV carry for sums."""
-    return format(_plain(value), "f")
 
 
 def money_display(value: Decimal | str | None, currency: str | None = None) -> str:

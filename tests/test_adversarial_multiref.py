@@ -70,3 +70,39 @@ def test_cancelled_partly_written_receipt_keeps_a_visible_conflict(sandboxes, ma
                for r in open_rows), (
         f"doc is {doc['status']}/{doc['reason']}; open conflicts {[r['kind'] for r in open_rows]}: LMS receipt "
         f"{pays[0]['receipt_number']} stands for a receipt cancelled in the ERP and nobody is told")
+
+
+def test_a_cancelled_partly_written_receipt_is_never_sent_again_and_shows_only_the_money_the_lms_holds(
+        sandboxes, make_app):
+    """One part written, one refused; then the ERP cancels the receipt. The refused part's conflict closes (nothing
+    is left to write), reversed_in_erp carries the written part's amount and the customer, and a retry of the
+    cancelled receipt sends nothing (it replayed the stored receipt and recorded the refused part's money)."""
+    scn, name = _two_term_scenario(waive_second=True)
+    lms, erp = sandboxes(scn)
+    app = make_app(lms, erp)
+    app.engine.run_once("erp")
+    with app.store.engine.connect() as c:
+        (refused,) = c.execute(select(conflicts).where(conflicts.c.status == "open")).mappings().all()
+    assert refused["amount"] == "1000" and refused["customer"] == "Student 0"   # the part, not the 2000 receipt
+    erp.cancel("Payment Entry", name, modified=datetime(2026, 11, 1, 10, 5, tzinfo=scenario.KHI))
+    app.engine.run_once("erp")
+    with app.store.engine.connect() as c:
+        rows = {r["kind"]: r for r in c.execute(select(conflicts).where(conflicts.c.doc_id == name)).mappings()}
+    assert rows[refused["kind"]]["status"] == "resolved"
+    assert "cancelled in the ERP" in rows[refused["kind"]]["note"]
+    rev = rows["reversed_in_erp"]
+    assert (rev["status"], rev["amount"], rev["currency"], rev["customer"]) == ("open", "1000", "PKR", "Student 0")
+    try:
+        app.engine.retry_document("erp", name)
+    except ValueError as exc:
+        assert "cancelled this receipt" in str(exc)
+    else:
+        raise AssertionError("a retry of a cancelled receipt was accepted")
+    from sync import ops
+    outcomes = {o["id"]: o["outcome"] for o in ops.retry_conflicts(app, [rev["id"], refused["id"]])}
+    assert outcomes[rev["id"]].startswith("not retried"), outcomes
+    assert "resolved" in outcomes[refused["id"]] or "not open" in outcomes[refused["id"]], outcomes
+    app.engine.run_once("erp")
+    assert [p["amount"] for p in lms.payments()] == [1000]
+    totals = ops.totals(ops.list_conflicts(app.store))
+    assert totals["money_at_stake"] == {"PKR": "1000"}, totals
