@@ -11,7 +11,9 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
+from contextvars import ContextVar
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator,
                       model_validator)
@@ -53,26 +55,40 @@ def read_secret_file(path: str | Path, what: str) -> SecretStr:
 
 
 def resolve_secret_files(data: dict[str, Any], secret_fields: set[str], where: str) -> dict[str, Any]:
-    """Turn `x_file = "/path"` into `x = SecretStr(<file content>)` for each secret field x."""
+    """Turn `x_file = "/path"` into `x = SecretStr(<file content>)` for each secret field x. Every
+    problem is reported (one per line of the error), in field order, not only the first one met."""
     out = dict(data)
-    for name in secret_fields:
-        file_key = f"{name}_file"
-        if out.get(file_key):
-            if out.get(name):
-                env = f"FEESYNC_{where.replace('.', '__')}__{name}".upper()
-                hint = f" ({env} is set in the environment)" if os.environ.get(env) else ""
-                raise BadSecretFile(f"{where}: set either {name} or {file_key}, not both{hint}")
-            out[name] = read_secret_file(out.pop(file_key), f"{where}.{file_key}")
-        else:
-            out.pop(file_key, None)
-        value = out.get(name)
-        if isinstance(value, SecretStr):
-            register_secret(value.get_secret_value())
-            check_secret_text(value.get_secret_value(), f"{where}.{name}", header=name in HEADER_SECRETS)
-        elif isinstance(value, str) and value:
-            register_secret(value)
-            check_secret_text(value, f"{where}.{name}", header=name in HEADER_SECRETS)
+    problems: list[str] = []
+    for name in sorted(secret_fields):
+        try:
+            _resolve_one(out, name, where)
+        except BadSecretFile as exc:
+            problems.append(str(exc))
+    if problems:
+        raise BadSecretFile("\n".join(problems))
     return out
+
+
+def _resolve_one(out: dict[str, Any], name: str, where: str) -> None:
+    file_key = f"{name}_file"
+    env = f"FEESYNC_{where.replace('.', '__')}__{name}".upper()
+    if out.get(file_key):
+        if out.get(name):
+            hint = f" ({env} is set in the environment)" if os.environ.get(env) else ""
+            raise BadSecretFile(f"{where}: set either {name} or {file_key}, not both{hint}")
+        out[name] = read_secret_file(out.pop(file_key), f"{where}.{file_key}")
+    else:
+        out.pop(file_key, None)
+    value = out.get(name)
+    if value is not None and (value.get_secret_value() if isinstance(value, SecretStr) else value) == "":
+        hint = f" ({env} is set but empty)" if os.environ.get(env, None) == "" else ""
+        raise BadSecretFile(f"{where}.{name}: is empty{hint}; set it, or remove it to use {file_key}")
+    if isinstance(value, SecretStr):
+        register_secret(value.get_secret_value())
+        check_secret_text(value.get_secret_value(), f"{where}.{name}", header=name in HEADER_SECRETS)
+    elif isinstance(value, str) and value:
+        register_secret(value)
+        check_secret_text(value, f"{where}.{name}", header=name in HEADER_SECRETS)
 
 
 # secrets sent in HTTP headers (Bearer / token / OAuth): ASCII only, or the request cannot even be built
@@ -95,6 +111,10 @@ def secret_field_names(model: type[BaseModel]) -> set[str]:
     return {n for n, f in model.model_fields.items() if f.annotation in (SecretStr, SecretStr | None)}
 
 
+# set by load_settings: LMS key problems found while reading the file, by the key file's path ("" for none)
+_DEFERRED_KEY_PROBLEMS: ContextVar[dict[str, str] | None] = ContextVar("feesync_key_problems", default=None)
+
+
 class LmsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -113,9 +133,19 @@ class LmsSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _files(cls, data: Any) -> Any:
-        if isinstance(data, dict):
+        if not isinstance(data, dict):
+            return data
+        try:
             return resolve_secret_files(data, {"api_key"}, "lms")
-        return data
+        except BadSecretFile as exc:
+            deferred = _DEFERRED_KEY_PROBLEMS.get()
+            if deferred is None:
+                raise
+            # load_settings: the key stays unset and the problem is told by missing_secrets, so the
+            # commands that read only the state store still work, and `check` lists it with the others
+            data = {k: v for k, v in data.items() if k != "api_key"}
+            deferred[str(data.get("api_key_file") or "")] = str(exc)
+            return data
 
     @field_validator("time_zone")
     @classmethod
@@ -242,6 +272,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FEESYNC_", env_nested_delimiter="__", extra="forbid")
     toml_path: ClassVar[Path | None] = None
     _config_file: str | None = PrivateAttr(default=None)   # the TOML file it was read from, as given
+    _key_problems: dict[str, str] = PrivateAttr(default_factory=dict)   # LMS key file/value refused, by path
 
     @property
     def config_file(self) -> str | None:
@@ -360,18 +391,27 @@ def _format_validation(exc: ValidationError, prefix: str = "") -> list[str]:
             if named:
                 msg += (f" (the environment sets {', '.join(named)}, but the config file defines no "
                         f"{parts[0]}.{parts[1]}: unset them or add that section)")
-        problems.append(f"{prefix}{loc}: {msg}" if loc else f"{prefix}{msg}")
+        for line in msg.split("\n"):   # a validator that found several problems says each on a line
+            # a message that already names its field ("lms.api_key_file: ...") needs no location before it
+            named = loc and (line.startswith(loc + ".") or line.startswith(loc + ":"))
+            problems.append(f"{prefix}{line}" if named or not loc else f"{prefix}{loc}: {line}")
     return problems
 
 
 def missing_secrets(settings: Settings) -> list[str]:
     """The LMS keys that are not configured (commands that only read the state store do not need them)."""
     problems = []
+    known = settings._key_problems
     for inst_id, inst in settings.institutes.items():
         if inst.lms.api_key is None:
             where = "lms" if inst_id == "default" and inst.lms is settings.lms else f"institutes.{inst_id}.lms"
             env = "FEESYNC_LMS__API_KEY" if where == "lms" else f"FEESYNC_INSTITUTES__{inst_id.upper()}__LMS__API_KEY"
-            problems.append(f"{where}.api_key: missing (set {env} or {where}.api_key_file)")
+            found = known.get(str(inst.lms.api_key_file or ""))
+            if found:   # read from the file (or an empty variable) and refused: say why
+                problems += [f"{where}.{line.removeprefix('lms.')}" if line.startswith("lms.") else line
+                             for line in found.split("\n")]
+            else:
+                problems.append(f"{where}.api_key: missing (set {env} or {where}.api_key_file)")
     if not settings.institutes and settings.lms is not None and settings.lms.api_key is None:
         problems.append("lms.api_key: missing (set FEESYNC_LMS__API_KEY or lms.api_key_file)")
     return problems
@@ -394,19 +434,24 @@ def load_settings(path: str | Path | None = None, *, secrets: bool = True, **ove
         if not toml_path.is_file():
             raise ConfigError(f"config file {str(toml_path)!r} does not exist")
     Settings.toml_path = toml_path
+    key_problems: dict[str, str] = {}
+    token = _DEFERRED_KEY_PROBLEMS.set(key_problems)
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc)) from None
+        found = [line for text in key_problems.values() for line in text.split("\n")]
+        raise ConfigError(found + _format_validation(exc)) from None
     except ConfigError:
         raise
     except ValueError as exc:   # TOML syntax errors
         raise ConfigError(f"config file {str(toml_path)!r}: {exc}") from None
     finally:
         Settings.toml_path = None
+        _DEFERRED_KEY_PROBLEMS.reset(token)
     settings._config_file = str(toml_path) if toml_path else None
+    settings._key_problems = key_problems
     problems: list[str] = missing_secrets(settings) if secrets else []
-    problems += _shared_origins(settings)
+    problems += _shared_origins(settings) + _shared_keys(settings)
     for name, src in settings.sources.items():
         if not src.interval and not src.cron:
             problems.append(f"sources.{name}: needs interval or cron")
@@ -427,6 +472,44 @@ ORIGIN_KEYS = ("folder", "url", "base_url", "db", "database", "organization_id",
                "table", "pattern")
 
 
+_LOOPBACK = {"localhost", "localhost.localdomain", "ip6-localhost", "::1", "0.0.0.0"}   # noqa: S104 - names
+
+
+def _origin_of(url: str) -> str:
+    """One spelling per server: scheme and host lower-cased, the default port made explicit, loopback
+    names made one, credentials dropped, trailing slashes gone (`http://localhost:80/` is
+    `http://127.0.0.1`)."""
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return text.lower().rstrip("/")
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower().rstrip(".")
+    if host in _LOOPBACK or host.startswith("127."):
+        host = "127.0.0.1"
+    port = port or {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
+def _shared_keys(settings: Settings) -> list[str]:
+    """Two institutes on one LMS key are one LMS institute: each receipt would be written once per section."""
+    seen: dict[tuple[str, str], str] = {}
+    problems = []
+    for inst_id, inst in sorted(settings.institutes.items()):
+        key = inst.lms.api_key.get_secret_value() if inst.lms.api_key is not None else ""
+        if not key:
+            continue
+        ident = (_origin_of(str(inst.lms.base_url)), key)
+        if ident in seen:
+            problems.append(f"institutes.{inst_id}.lms: the same LMS and API key as institutes.{seen[ident]}; "
+                            "one key is one LMS institute, so its sources belong in one section")
+        else:
+            seen[ident] = inst_id
+    return problems
+
+
 def _shared_origins(settings: Settings) -> list[str]:
     seen: dict[tuple[Any, ...], str] = {}
     problems = []
@@ -439,8 +522,13 @@ def _shared_origins(settings: Settings) -> list[str]:
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             if isinstance(value, str) and value:
-                value = str(Path(value).expanduser().resolve()) if key == "folder" else value.strip().rstrip("/")
-                origin.append((key, value.lower() if key in ("url", "base_url") else value))
+                if key == "folder":
+                    value = str(Path(value).expanduser().resolve())
+                elif key in ("url", "base_url"):
+                    value = _origin_of(value)
+                else:
+                    value = value.strip().rstrip("/")
+                origin.append((key, value))
         if not origin:
             continue
         ident = (src.institute, src.connector, tuple(origin))
@@ -459,7 +547,7 @@ def build_connector_settings(name: str, src: SourceSettings, model: type[BaseMod
     try:
         data = resolve_secret_files(src.settings, secret_field_names(model), f"sources.{name}.settings")
     except BadSecretFile as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc).split("\n")) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -182,3 +182,65 @@ def test_check_offline_passes_with_an_erp_down_and_refuses_a_store_it_cannot_wri
     once = proc.run("--config", str(ro_cfg), "once")
     assert once.returncode == 2 and "Traceback" not in once.stderr, once.stderr[-2000:]
     assert "attempt to write a readonly database" in " ".join(once.stderr.split())
+
+
+def test_check_lists_every_unreadable_key_file_lms_and_erp_alike_in_a_stable_order(tmp_path):
+    """Each missing key file is named (it named one of them, at random); read-only commands still work."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'state_path = "{tmp_path / "s.db"}"\n[lms]\nbase_url = "http://127.0.0.1:9"\n'
+                   f'api_key_file = "{tmp_path / "lms-key"}"\n[sources.erp]\nconnector = "erpnext"\ninterval = "1m"\n'
+                   f'[sources.erp.settings]\nurl = "http://127.0.0.1:9"\napi_key_file = "{tmp_path / "erp-key"}"\n'
+                   f'api_secret_file = "{tmp_path / "erp-secret"}"\n')
+    runs = [json.loads(proc.run("--config", str(cfg), "check", "--offline", "--json", secrets=False).stdout)["problems"]
+            for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    assert [p.split(":")[0] for p in runs[0]] == [
+        "lms.api_key_file", "sources.erp.settings.api_key_file", "sources.erp.settings.api_secret_file"], runs[0]
+    assert all("cannot read secret file" in p for p in runs[0])
+    assert proc.run("--config", str(cfg), "state", "upgrade", secrets=False).returncode == 0
+    status = proc.run("--config", str(cfg), "status", "--json", secrets=False)
+    assert status.returncode == 0, status.stderr          # reading the state store needs no LMS key
+    once = proc.run("--config", str(cfg), "once", secrets=False)
+    assert once.returncode == 2 and "lms.api_key_file: cannot read secret file" in once.stderr
+
+
+def test_an_empty_key_variable_is_refused_not_sent_in_place_of_the_files_key(tmp_path):
+    """`FEESYNC_LMS__API_KEY=` (set, empty) used to replace the file's key silently and pass check --offline."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'state_path = "{tmp_path / "s.db"}"\n[lms]\nbase_url = "http://127.0.0.1:9"\n'
+                   f'api_key = "{scenario.LMS_KEY}"\n')
+    out = proc.run("--config", str(cfg), "check", "--offline", "--json", secrets=False,
+                   extra_env={"FEESYNC_LMS__API_KEY": ""})
+    assert out.returncode == 1
+    assert ("lms.api_key: is empty (FEESYNC_LMS__API_KEY is set but empty); set it, or remove it to use "
+            "api_key_file") in json.loads(out.stdout)["problems"]
+
+
+@pytest.mark.parametrize("url_a, url_b", [("http://127.0.0.1:18712", "http://localhost:18712/"),
+                                          ("https://erp.example.org", "https://ERP.example.org:443"),
+                                          ("http://erp.example.org/", "http://erp.example.org:80")])
+def test_one_erp_spelled_two_ways_is_still_one_erp(tmp_path, url_a, url_b):
+    """Two sources on one ERPNext with different key prefixes wrote every receipt twice when the URLs
+    differed only in spelling (localhost/127.0.0.1, a default port, case)."""
+    cfg = tmp_path / "c.toml"
+    src = ('[sources.{n}]\nconnector = "erpnext"\ninterval = "1m"\nkey_prefix = "{n}-"\n[sources.{n}.settings]\n'
+           'url = "{u}"\napi_key = "k"\napi_secret = "s"\n')
+    cfg.write_text(f'state_path = "{tmp_path / "s.db"}"\n[lms]\nbase_url = "http://127.0.0.1:9"\n'
+                   + src.format(n="a", u=url_a) + src.format(n="b", u=url_b))
+    out = proc.run("--config", str(cfg), "check", "--offline", "--json", secrets=False,
+                   extra_env={"FEESYNC_LMS__API_KEY": scenario.LMS_KEY})
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["problems"] == [
+        "sources.b: reads the same erpnext data as sources.a (same url) for the same institute; each receipt "
+        "would be written once per source. Keep one of them"]
+
+
+def test_two_institutes_on_one_lms_key_are_refused(tmp_path):
+    cfg = tmp_path / "c.toml"
+    inst = '[institutes.{i}.lms]\nbase_url = "http://127.0.0.1:9{s}"\napi_key = "' + scenario.LMS_KEY + '"\n'
+    cfg.write_text(f'state_path = "{tmp_path / "s.db"}"\n' + inst.format(i="north", s="") + inst.format(i="south", s="/"))
+    out = proc.run("--config", str(cfg), "check", "--offline", "--json", secrets=False)
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["problems"] == [
+        "institutes.south.lms: the same LMS and API key as institutes.north; one key is one LMS institute, so "
+        "its sources belong in one section"]
