@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError
 
 from sync import logs
 from sync.config import Settings, load_settings
@@ -71,6 +72,11 @@ class _Group(click.Group):
             _fail(f"{type(exc).__name__}: {exc}")
         except OSError as exc:   # a path the operator gave: missing folder, no permission, a directory
             _fail(f"{exc.strerror or type(exc).__name__}: {exc.filename or exc}")
+        except DBAPIError as exc:   # the state database refused (read-only file, disk full, locked): one line,
+            hint = ""               # never the SQL or its parameters
+            if "readonly" in str(exc.orig) or "read-only" in str(exc.orig):
+                hint = "; check the owner and permissions of the state file and its folder (or the mount)"
+            _fail(f"state store: {exc.orig}{hint}; the change was not saved")
 
 
 @click.group(cls=_Group)

@@ -294,6 +294,13 @@ class Settings(BaseSettings):
     reconcile_schedule: str = "daily"          # the periodic reconcile pass (rule 9): daily | hourly | off | 6h | crontab
     reconcile_window: str = "7d"               # ... over this much recent ERP history
 
+    @field_validator("state_path", "report_dir")
+    @classmethod
+    def _a_path(cls, v: str) -> str:
+        if "://" in v:
+            raise ValueError("is a file path; a database URL goes in state_url")
+        return str(Path(v).expanduser()) if v.startswith("~") else v
+
     @model_validator(mode="before")
     @classmethod
     def _admin_token_file(cls, data: Any) -> Any:

@@ -229,6 +229,14 @@ def state_url(target: str | Path) -> str:
     return f"sqlite:///{Path(text_target)}"
 
 
+def _sqlite_file(url: str) -> Path:
+    """The file of a SQLite URL, also in its URI form (`sqlite:///file:/path/s.db?mode=ro&uri=true`)."""
+    rest = url.removeprefix("sqlite:///")
+    if rest.startswith("file:") and "uri=true" in rest:
+        rest = rest.removeprefix("file:").split("?", 1)[0]
+    return Path(rest)
+
+
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         eng = create_engine(url, pool_size=8, max_overflow=8)
@@ -290,12 +298,22 @@ class Store:
         """Open a store; a new one is created by the migrations; an outdated one is refused (unless
         `any_version`: `state backup` copies a store of any version, before an upgrade)."""
         url = state_url(target)
+        folder_hint = ""
         if url.startswith("sqlite:///"):
-            p = Path(url.removeprefix("sqlite:///"))
-            if not (p.exists() and p.stat().st_size > 0):
+            p = _sqlite_file(url)
+            if p.exists() and p.is_file() and p.stat().st_size == 0:
+                # never start a new ledger in place of one that a failed copy or restore truncated
+                raise StateError(f"state store {str(p)!r} is an empty file (0 bytes), not a store: a failed copy "
+                                 "or restore? Restore the latest backup (deploy/README.md, section 4), or remove "
+                                 "the file to start a new, empty store")
+            if not p.exists():
                 if not create:
                     raise StateError(f"state store {str(p)!r} does not exist")
                 p.parent.mkdir(parents=True, exist_ok=True)
+            if p.parent.is_dir() and not os.access(p.parent, os.W_OK):
+                folder_hint = (f"; its folder {str(p.parent)!r} is not writable, and SQLite (WAL mode) creates "
+                               f"{p.name}-wal and {p.name}-shm beside it: make the folder writable for this user, "
+                               "or copy the file to one that is")
         engine = _engine(url)
         store = cls(engine, _describe(url))
         try:
@@ -313,7 +331,7 @@ class Store:
                     store._check_version(conn)
         except OperationalError as exc:
             engine.dispose()
-            raise StateError(f"cannot open state store {store.path!r}: {exc.orig}") from None
+            raise StateError(f"cannot open state store {store.path!r}: {exc.orig}{folder_hint}") from None
         except DatabaseError as exc:   # e.g. "file is not a database": damaged or not a store at all
             engine.dispose()
             raise StateError(f"cannot open state store {store.path!r}: {exc.orig}; if it is damaged, restore "
@@ -349,6 +367,12 @@ class Store:
         """Apply the migrations; a version-1 store from before Alembic is stamped first. Returns (from, to)."""
         from alembic import command
         url = state_url(target)
+        if url.startswith("sqlite:///"):
+            p = _sqlite_file(url)
+            if p.is_file() and p.stat().st_size == 0:
+                raise StateError(f"state store {str(p)!r} is an empty file (0 bytes), not a store: restore the "
+                                 "latest backup, or remove the file to start a new, empty store")
+            p.parent.mkdir(parents=True, exist_ok=True)
         engine = _engine(url)
         try:
             with engine.begin() as conn:

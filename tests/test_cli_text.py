@@ -206,3 +206,52 @@ def test_logging_follows_the_current_stderr_after_the_one_at_start_up_is_closed(
     finally:
         logs.structlog.configure(**saved)
     assert [json.loads(line)["event"] for line in second.getvalue().splitlines()] == ["two"]
+
+
+def test_an_empty_state_file_is_refused_never_replaced_by_a_new_ledger(tmp_path):
+    """A 0-byte file (a failed copy or restore) used to become a new, empty ledger without a word."""
+    state = tmp_path / "state.db"
+    state.write_bytes(b"")
+    cfg = tmp_path / "feesync.toml"
+    cfg.write_text(f'state_path = "{state}"\n')
+    for cmd in (["status"], ["check", "--offline"], ["once"], ["state", "upgrade"]):
+        out = proc.run("--config", str(cfg), *cmd, secrets=False,
+                       extra_env={"FEESYNC_LMS__API_KEY": scenario.LMS_KEY})
+        text = " ".join((out.stdout + out.stderr).split())
+        assert out.returncode in (1, 2) and "Traceback" not in text, (cmd, text[-2000:])
+        assert "is an empty file (0 bytes)" in text, (cmd, text)
+    assert state.stat().st_size == 0
+
+
+def test_a_state_path_that_is_a_url_or_starts_with_a_tilde_means_what_it_says(tmp_path, monkeypatch):
+    from sync.config import load_settings
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = tmp_path / "feesync.toml"
+    cfg.write_text('state_path = "~/fs-state.db"\n')
+    assert load_settings(cfg, secrets=False).state_path == str(tmp_path / "fs-state.db")
+    cfg.write_text('state_path = "sqlite:///tmp/x.db"\n')
+    out = proc.run("--config", str(cfg), "check", "--offline", "--json", secrets=False)
+    assert out.returncode == 1
+    assert "state_path: is a file path; a database URL goes in state_url" in json.loads(out.stdout)["problems"]
+
+
+def test_a_change_the_state_store_refuses_is_one_line_without_the_sql(sandboxes, tmp_path):
+    """`conflicts resolve` on a read-only store printed a 72-line traceback with the SQL and its parameters."""
+    scn = scenario.build(n_students=1, receipts_per_student=1)
+    lms, erp = sandboxes(scn)
+    erp.insert("Payment Entry", scenario.new_receipt(90, "Nobody Known", 1000, None,
+                                                     scenario.datetime(2026, 11, 3, 9, 0, tzinfo=scenario.KHI)))
+    cfg = proc.write_config(tmp_path, lms, erp)
+    assert proc.run("--config", str(cfg), "once").returncode == 1
+    [conflict] = json.loads(proc.run("--config", str(cfg), "conflicts", "list", "--json").stdout)["conflicts"]
+    ro_cfg = tmp_path / "ro.toml"
+    state = tmp_path / "state.db"
+    assert f'state_path = "{state}"' in cfg.read_text()
+    ro_cfg.write_text(cfg.read_text().replace(
+        f'state_path = "{state}"', f'state_url = "sqlite:///file:{state}?mode=ro&uri=true"'))
+    out = proc.run("--config", str(ro_cfg), "conflicts", "resolve", str(conflict["id"]), "--note", "paid in cash")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.count("\n") <= 3 and "UPDATE" not in out.stderr and "paid in cash" not in out.stderr, out.stderr
+    assert "attempt to write a readonly database" in " ".join(out.stderr.split())
+    still = json.loads(proc.run("--config", str(cfg), "conflicts", "list", "--json").stdout)["conflicts"]
+    assert [c["id"] for c in still] == [conflict["id"]]
