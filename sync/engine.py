@@ -212,6 +212,9 @@ class Engine:
         rid = None if dry_run else self.store.start_run(run_id, source, result.mode, institute=institute)
         cursor_key = cursor_name or source
         resolver = self._resolver(source, learn=not dry_run)
+        if dry_run:
+            from sync.dryrun import DryLms
+            resolver.dry_lms = DryLms(resolver.plan)
         try:
             stored = self.store.get_cursor(cursor_key)
             start = self._start_position(stored, src, since)
@@ -558,10 +561,15 @@ class Engine:
               *, final_status: str = "pushed") -> str:
         """Send each planned write once (intent, send, outcome); the last outcome decides the document."""
         if run.dry_run:
-            for w in planned:
+            for w in planned:   # in order, as the real run sends them; a refusal stops the document there
+                try:
+                    if run.resolver.dry_lms is not None:
+                        run.resolver.dry_lms.apply(w)
+                except ConflictError as exc:
+                    if exc.kind not in ALREADY_DONE.get(w.op, set()):   # as the real run reads that answer
+                        return self._conflict(run, event, exc)
                 run.result.planned.append({"doc_id": event.doc_id, "op": w.op, "method": w.method, "path": w.path,
                                            "key": w.base_key, "body": w.body})
-            for w in planned:
                 run.result.counts[f"would_{w.op}"] += 1
             self._decided(run, event)
             return "pushed"
@@ -862,7 +870,7 @@ class Engine:
         if outcome != "pushed":
             self._release_failed(run, event.doc_id, "see its conflict")
         if run.dry_run:
-            run.resolver.dry_plan(event)
+            run.resolver.dry_plan(event, planned[0].body)
         if outcome == "pushed":
             self._release(run, event.doc_id)
             if not run.dry_run and not run.undecided:

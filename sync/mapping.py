@@ -281,8 +281,6 @@ class Resolver:
         }
         if seq is not None:
             body[C.PAY_INSTALLMENT_ID] = _int_or_str(self.installment_id(conn, plan_id, seq))
-        if plan_id in self.dry_plans.values():
-            self._dry_pay(plan_id, seq, amount)
         return PlannedWrite(op="record_payment", base_key=idem_key(f"{self.key_prefix}{key}"), method="POST",
                             path=C.path(C.PATH_PLAN_PAYMENTS, plan_id=plan_id), body=body, plan_id=plan_id,
                             amount=whole)
@@ -290,7 +288,8 @@ class Resolver:
 
     # --- plans (the fee lifecycle) ---------------------------------------------------------------
     _dry_currency: dict[str, str] = field(default_factory=dict)
-    _dry_installments: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # a dry run's view of the LMS (sync.dryrun.DryLms): the plans as its planned writes leave them
+    dry_lms: Any = None
 
     def batch_for(self, ev: PlanIssued) -> str:
         if ev.batch_ref and ev.batch_ref in self.settings.batches:
@@ -350,26 +349,15 @@ class Resolver:
                 self.store.set_mapping(conn, KIND_INSTALLMENT, "*", f"{plan_id}#{inst[C.INST_SEQUENCE]}",
                                        str(inst[C.INST_ID]), "learned")
 
-    def dry_plan(self, ev: PlanIssued) -> str:
+    def dry_plan(self, ev: PlanIssued, body: dict[str, Any] | None = None) -> str:
         placeholder = f"<new plan for {ev.doc_id}>"
         self.dry_plans[ev.doc_id] = placeholder
         self._dry_currency[placeholder] = ev.currency
         # the plan a real run would create, installment by installment, so that the dry run's receipts and
         # credit notes against it plan what the real run then writes (waivers need the unpaid installments)
-        self._dry_installments[placeholder] = [
-            {"sequence": i + 1, "amount_due": row.amount, "paid": Decimal(0)} for i, row in enumerate(ev.schedule)]
+        if self.dry_lms is not None and body is not None:
+            self.dry_lms.add_new_plan(placeholder, body)
         return placeholder
-
-    def _dry_pay(self, plan_id: str, seq: int | None, amount: Decimal) -> None:
-        """A dry-run payment against a dry plan: to its installment, or (as the LMS does) earliest first."""
-        rows = self._dry_installments.get(plan_id) or []
-        for row in ([r for r in rows if r["sequence"] == seq] if seq is not None else rows):
-            take = min(amount, row["amount_due"] - row["paid"])
-            if take > 0:
-                row["paid"] += take
-                amount -= take
-            if amount <= 0:
-                break
 
     def cancel_write(self, conn: Connection, ev: PlanCancelled) -> PlannedWrite | None:
         plan_id = self.plan_for_invoice(conn, ev.doc_id, ev.lms_plan_id)
@@ -387,11 +375,8 @@ class Resolver:
                 raise WaitForPlan(ev.against_invoice)
             raise ConflictError("no_plan_for_invoice", f"credit note {ev.doc_id}: invoice {ev.against_invoice} has no "
                                 "LMS plan", definitive=False)
-        if plan_id in self.dry_plans.values():
-            plan = {C.PLAN_ID: plan_id, C.PLAN_CURRENCY: self._dry_currency.get(plan_id), C.PLAN_INSTALLMENTS: [
-                {C.INST_ID: f"<installment {r['sequence']} of {plan_id}>", C.INST_SEQUENCE: r["sequence"],
-                 C.INST_AMOUNT_DUE: r["amount_due"], C.INST_AMOUNT_PAID: r["paid"], C.INST_STATUS: C.INST_PENDING}
-                for r in self._dry_installments.get(plan_id, [])]}
+        if self.dry_lms is not None and (plan_id in self.dry_plans.values() or self.dry_lms.knows(plan_id)):
+            plan = self.dry_lms.plan(plan_id)   # as this dry run's earlier writes left it
         else:
             self._plan_by_id.pop(plan_id, None)
             plan = self.plan(plan_id)

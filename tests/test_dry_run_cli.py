@@ -53,3 +53,34 @@ def test_once_and_backfill_dry_runs_write_nothing_and_list_the_real_runs_writes(
     made, n_cursors = _ledger(tmp_path / "state.db")
     assert made == _listed(planned)
     assert n_cursors == 1 and len(lms.payments()) == 9
+
+
+def test_on_the_demo_data_the_dry_run_lists_exactly_the_real_runs_writes_and_conflicts(tmp_path):
+    """1,000 receipts with plans, waivers, cancellations, overpayments and completed plans: the dry run
+    (from an empty state) lists every write the real run then makes, and predicts the same conflicts."""
+    from sync.app import build_app
+    from sync.demo import SOURCE, build_demo, demo_settings
+    from sync.sandbox.erpnext import ERPNextFake
+    from sync.sandbox.lms import LmsSandbox
+    data = build_demo()
+    with LmsSandbox(data.lms_seed) as lms, ERPNextFake(data.erp_data) as erp:
+        app = build_app(demo_settings(tmp_path, lms, erp, data))
+        try:
+            dry = app.engine.run_once(SOURCE, dry_run=True)
+            assert lms.stats()["writes_received"] == 0
+            real = app.engine.run_once(SOURCE)
+            with app.store.engine.connect() as c:
+                made = sorted((r.op, r.idem_key, r.body) for r in c.execute(
+                    select(writes.c.op, writes.c.idem_key, writes.c.body).where(writes.c.status == "done")))
+        finally:
+            app.close()
+    assert real.counts["writes_done"] == len(made) > 1000
+    listed = sorted((w["op"], w["key"], json.dumps(w["body"], sort_keys=True, separators=(",", ":")))
+                    for w in dry.planned)
+    placeholders = [w for w in listed if "<" in w[2] or "<" in w[0]]
+    assert [(op, key) for op, key, _ in listed] == [(op, key) for op, key, _ in made]
+    # bodies are equal too, except where a new plan's or installment's id is a placeholder in the dry run
+    assert [w for w in listed if "<" not in w[2]] == [m for m in made if (m[0], m[1]) in
+                                                     {(op, key) for op, key, b in listed if "<" not in b}]
+    assert len(placeholders) < len(listed)
+    assert dict(dry.conflicts) == dict(real.conflicts) and real.conflicts["overpayment"] == 3

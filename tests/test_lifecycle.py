@@ -298,3 +298,37 @@ def test_dry_run_of_a_first_sync_plans_waivers_and_conflicts_as_the_real_run_doe
     assert [op for op, _ in made].count("waive_installment") == 2
     assert dict(dry.conflicts) == dict(real.conflicts) == {"plan_not_created": 1}
     assert _open_kinds(app) == ["plan_not_created"]
+
+
+def test_dry_run_predicts_the_lms_refusals_of_a_real_run_from_the_balances_its_own_writes_leave(sandboxes, make_app):
+    """Receipts of one run against one plan: the dry run keeps the balance each one leaves, so a second payment of a
+    paid installment and a receipt beyond the plan's balance are the conflicts the real run gets from the LMS
+    (installment_closed, overpayment), and a later credit note waives what is really still unpaid. It used to
+    list them all as writes (961 payments predicted where the real run made 958 and 3 overpayments)."""
+    scn, lms, erp, app = _setup(sandboxes, make_app, lambda b: [
+        ("Sales Invoice", scenario.invoice("ACC-SINV-2026-00001", "Learner 0", ROWS, b)),
+        ("Payment Entry", scenario.receipt_for_terms(1, "Learner 0", "ACC-SINV-2026-00001",
+                                                     [("Installment 1", 18000)], b + timedelta(minutes=1))),
+        ("Payment Entry", scenario.receipt_for_terms(2, "Learner 0", "ACC-SINV-2026-00001",
+                                                     [("Installment 1", 18000)], b + timedelta(minutes=2))),
+        ("Payment Entry", scenario.receipt_for_terms(3, "Learner 0", "ACC-SINV-2026-00001",
+                                                     [(None, 13500)], b + timedelta(minutes=3))),
+        ("Payment Entry", scenario.receipt_for_terms(4, "Learner 0", "ACC-SINV-2026-00001",
+                                                     [(None, 20000)], b + timedelta(minutes=4))),
+        ("Sales Invoice", scenario.credit_note("ACC-SINV-2026-00003", "ACC-SINV-2026-00001", "Learner 0", 13500,
+                                               b + timedelta(minutes=5))),
+        ("Payment Entry", scenario.receipt_for_terms(5, "Learner 0", "ACC-SINV-2026-00001",
+                                                     [(None, 100)], b + timedelta(minutes=6)))])
+    dry = app.engine.run_once("erp", dry_run=True)
+    assert lms.stats()["writes_received"] == 0
+    listed = sorted((w["op"], w["key"]) for w in dry.planned)
+    real = app.engine.run_once("erp")
+    with app.store.engine.connect() as c:
+        from sync.state import writes
+        made = sorted((r.op, r.idem_key) for r in c.execute(
+            select(writes.c.op, writes.c.idem_key).where(writes.c.status == "done")))
+    assert listed == made, (listed, made)
+    assert dict(dry.conflicts) == dict(real.conflicts) == {"installment_closed": 1, "overpayment": 1,
+                                                           "plan_completed": 1}, (dry.conflicts, real.conflicts)
+    assert [op for op, _ in made] == ["create_plan", "record_payment", "record_payment", "waive_installment"]
+    assert lms.plans()[0]["status"] == "completed"
