@@ -514,7 +514,13 @@ def retry_conflicts(app: Any, ids: list[int], *, actor: str = "cli", action: str
             outcome = _retry_one(app, row, actor, action)
             done_docs[key] = outcome
         after = list_conflicts(app.store, status="all", ids=[cid])[0]
-        out.append(_result(after, outcome, after["status"]))
+        note = str(after.get("note") or "")
+        if after["status"] == "resolved" and note.startswith("superseded by #"):
+            # not fixed: the retry got further and met another problem, which is the conflict to read now
+            new = note.removeprefix("superseded by ").removesuffix(" on retry")
+            out.append(_result(after, f"replaced by conflict {new}", "superseded"))
+        else:
+            out.append(_result(after, outcome, after["status"]))
     return out
 
 

@@ -290,3 +290,22 @@ def test_retry_of_a_missing_closed_or_absurd_id_is_a_clear_answer_not_a_tracebac
     for cmd in (["show"], ["retry"], ["resolve", "--note", "x"]):
         huge = feesync(env, "conflicts", cmd[0], "99999999999999999999999", *cmd[1:])
         assert huge.exit_code == 2 and "is not in the range" in huge.output, huge.output
+
+
+def test_a_retry_that_meets_another_problem_says_which_conflict_replaces_it_and_counts_no_resolution(env):
+    """Mapping the ghost to a student without a plan: each retry opens no_active_plan. It said
+    'conflict -> resolved' and '2 of 2 resolved' although nothing reached the LMS."""
+    from tests.test_ops_scenario import NOPLAN_ID
+    ghost = ids_of(env, customer=GHOST, status="open")
+    before = len(env.lms.payments())
+    r = feesync(env, "conflicts", "map", "--customer", GHOST, "--student", str(NOPLAN_ID), "--json")
+    result = json.loads(r.stdout)
+    assert result["resolved"] == 0 and len(env.lms.payments()) == before
+    new = {c["doc_id"]: c["id"] for c in ops.list_conflicts(env.app.store, kind="no_active_plan")
+           if c["customer"] == GHOST}
+    assert len(new) == 2
+    assert sorted((o["status"], o["outcome"]) for o in result["retried"]) == sorted(
+        ("superseded", f"replaced by conflict #{new[o['doc_id']]} (no_active_plan)") for o in result["retried"])
+    assert sorted(o["id"] for o in result["retried"]) == ghost
+    text = feesync(env, "conflicts", "retry", str(new[min(new)]), "--yes").output
+    assert "0 of 1 resolved" in text, text
