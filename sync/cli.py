@@ -50,8 +50,22 @@ def _settings(ctx: click.Context, *, secrets: bool = True) -> Settings:
     return obj["settings"]
 
 
-def _fail(msg: str, code: int = EXIT_FAILURE) -> None:
-    err_console.print(f"[red]error:[/red] {escape(logs.redact(msg))}", highlight=False, markup=True, soft_wrap=True)
+def _wants_json() -> bool:
+    """`--json` among the command's own arguments: its errors then come as JSON on stdout too."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return bool(root is not None and root.obj is not None and root.obj.get("json_errors"))
+
+
+def _fail(msg: str, code: int = EXIT_FAILURE, *, problems: list[str] | None = None) -> None:
+    text = logs.redact(msg)
+    if problems is None:
+        err_console.print(f"[red]error:[/red] {escape(text)}", highlight=False, markup=True, soft_wrap=True)
+    if _wants_json():
+        out: dict[str, Any] = {"ok": False, "error": text}
+        if problems is not None:
+            out["problems"] = [logs.redact(p) for p in problems]
+        click.echo(json.dumps(out, indent=2))
     sys.exit(code)
 
 
@@ -59,13 +73,15 @@ class _Group(click.Group):
     """Turns our own errors into one clear line and an exit code, never a traceback with inputs."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        ctx.ensure_object(dict)["json_errors"] = "--json" in ctx.args or "--json" in getattr(
+            ctx, "_protected_args", [])
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
             err_console.print("[red]configuration problems:[/red]", markup=True)
             for p in exc.problems:
                 err_console.print(f"  - {logs.redact(p)}", highlight=False, soft_wrap=True)
-            sys.exit(EXIT_FAILURE)
+            _fail("configuration problems", EXIT_FAILURE, problems=exc.problems)
         except StateError as exc:
             _fail(str(exc))
         except FeesyncError as exc:
@@ -125,7 +141,7 @@ def once(ctx: click.Context, sources: tuple[str, ...], dry_run: bool, as_json: b
     payload = {"results": [r.as_dict() for r in results], "lms_requests": requests}
     if dry_run:
         payload["planned_writes"] = [w for r in results for w in r.planned]
-    _emit(payload, as_json, lambda d: _render_runs(results, dry_run))
+    _emit(payload, as_json, lambda d: _render_runs(results, dry_run, _prefix(settings)))
     if any(r.status in ("failed", "stopped", "deferred") for r in results):
         sys.exit(EXIT_FAILURE)
     sys.exit(EXIT_CONFLICTS if any(r.conflicts for r in results) else EXIT_OK)
@@ -182,22 +198,40 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, dry
     payload = {**result.as_dict(), "window": [start.isoformat(), end.isoformat()], "cursor_name": cursor_name}
     if dry_run:
         payload["planned_writes"] = result.planned
-    _emit(payload, as_json, lambda d: _render_runs([result], dry_run))
+    _emit(payload, as_json, lambda d: _render_runs([result], dry_run, _prefix(settings)))
     sys.exit(EXIT_FAILURE if result.status in ("failed", "stopped", "deferred")
              else EXIT_CONFLICTS if result.conflicts else EXIT_OK)
 
 
-def _render_runs(results: list[Any], dry_run: bool) -> None:
+# run counters in words (the JSON keeps the counter names); unknown ones print as they are
+COUNT_WORDS = {
+    "pushed": "receipts recorded", "record_payment_done": "payments written",
+    "create_plan_done": "plans created", "cancel_plan_done": "plans cancelled",
+    "waive_installment_done": "installments waived", "writes_done": "LMS writes in all",
+    "unchanged": "unchanged (already in the ledger)", "document_errors": "documents that failed",
+    "would_record_payment": "payments a real run would write", "would_create_plan": "plans it would create",
+    "would_cancel_plan": "plans it would cancel", "would_waive_installment": "installments it would waive",
+}
+
+
+def _prefix(settings: Settings) -> str:
+    from sync import ops
+    return ops.command_prefix(settings)
+
+
+def _render_runs(results: list[Any], dry_run: bool, prefix: str | None = None) -> None:
     for r in results:
         console.print(f"[bold]{escape(r.source)}[/bold] run {r.run_id} ({r.mode}): {r.status}"
                       + escape(f" - {r.error}" if r.error else ""), highlight=False, markup=True)
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())) or "nothing new"
+        counts = ", ".join(f"{COUNT_WORDS.get(k, k)} {v}" for k, v in sorted(r.counts.items())) or "nothing new"
         console.print(f"  {counts}", highlight=False)
         if r.skipped:
             console.print("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(r.skipped.items())), highlight=False)
         if r.conflicts:
             console.print("  conflicts: " + ", ".join(f"{k} {v}" for k, v in sorted(r.conflicts.items())),
                           highlight=False)
+        if r.conflicts and not dry_run and prefix:
+            console.print(f"  next: {prefix} conflicts list", highlight=False, soft_wrap=True)
         if dry_run and r.planned:
             console.print(f"  writes a real run would make: {len(r.planned)}", highlight=False)
             for w in r.planned:   # one block per write: readable on an 80-column terminal, greppable
@@ -627,7 +661,7 @@ def conflicts_map(ctx: click.Context, source: str | None, customer: str | None, 
 
 
 @conflicts.command("export")
-@click.option("--format", "fmt", required=True, type=click.Choice(["csv", "json"]))
+@click.option("--format", "fmt", default="csv", show_default=True, type=click.Choice(["csv", "json"]))
 @click.option("--out", default="-", type=click.Path(dir_okay=False, allow_dash=True), help="File (default: stdout).")
 @click.option("--status", "status_", default="open", type=click.Choice(["open", "resolved", "ignored", "all"]))
 @_filter_options
@@ -792,7 +826,7 @@ def _render_demo(s: dict[str, Any]) -> None:
     t.add_row("fee plans created from ERP invoices", str(s["plans_created"]))
     t.add_row("fee plans cancelled", str(s["plans_cancelled"]))
     t.add_row("installments waived by credit notes", str(s["installments_waived"]))
-    t.add_row("unchanged (already in the ledger)", str(s["unchanged"]))
+    t.add_row("re-read behind the cursor, unchanged", str(s["unchanged"]))
     for k, v in sorted(s["skipped"].items()):
         t.add_row(f"skipped: {k}", str(v))
     for k, v in sorted(s["conflicts"].items()):
@@ -800,9 +834,17 @@ def _render_demo(s: dict[str, Any]) -> None:
     t.add_row("LMS requests sent", str(s["lms_requests"]))
     console.print(t)
     console.print(f"open conflicts: {s['open_conflicts']} - report: {s['report']}", highlight=False)
-    console.print(f"state store: {s['state']}  (run ./scripts/demo.sh again: it pushes 0)", highlight=False)
-    console.print("look around (then status, conflicts show ID, report):", highlight=False)
-    console.print(f"  .venv/bin/feesync --config {s['config']} conflicts list", highlight=False)
+    console.print(f"state store: {s['state']}  (run the demo again: it pushes 0)", highlight=False)
+    # the folder the printed command works from (scripts/demo.sh runs in the checkout, wherever it is called)
+    console.print(f"look around, from {Path.cwd()} (then status, conflicts show ID, report):", highlight=False)
+    program = Path(sys.argv[0])
+    if program.name == "feesync" and program.is_absolute():
+        try:
+            program = program.relative_to(Path.cwd())
+        except ValueError:
+            pass
+    shown = program if program.name == "feesync" else "feesync"
+    console.print(f"  {shown} --config {s['config']} conflicts list", highlight=False)
 
 
 @cli.group()
@@ -883,7 +925,8 @@ def state_upgrade(ctx: click.Context, as_json: bool) -> None:
     settings = _settings(ctx.find_root(), secrets=False)
     before, after = Store.upgrade(settings.state_target())
     _emit({"from": before, "to": after}, as_json,
-          lambda d: console.print(f"state store at revision {d['to']} (was {d['from'] or 'new'})"))
+          lambda d: console.print(f"state store at revision {d['to']} (already current)" if d["from"] == d["to"]
+                                  else f"state store at revision {d['to']} (was {d['from'] or 'new'})"))
 
 
 @state.command("backup")

@@ -45,7 +45,7 @@ class BadSecretFile(ValueError):
 def read_secret_file(path: str | Path, what: str) -> SecretStr:
     p = Path(path)
     try:
-        value = p.read_text(encoding="utf-8").strip()
+        value = p.read_text(encoding="utf-8").removeprefix("\ufeff").strip()   # an editor's byte-order mark
     except OSError as exc:
         raise BadSecretFile(f"{what}: cannot read secret file {str(p)!r}: {exc.strerror}") from None
     if not value:

@@ -584,7 +584,8 @@ def serve_forever(seed_path: str, host: str, port: int, rate_limit_per_minute: i
     sandbox.start()
     try:
         names = ", ".join(sandbox.key_names()) or "none"
-        print(f"LMS sandbox serving {sandbox.base_url} (API keys: {names})", file=sys.stderr, flush=True)
+        print(f"LMS sandbox serving {sandbox.base_url} (API keys: {names}; a key's value is in the seed, "
+              "institutes[].api_keys[].key, and goes in FEESYNC_LMS__API_KEY)", file=sys.stderr, flush=True)
         while not stop.wait(0.2):
             pass
     finally:
