@@ -433,10 +433,10 @@ def guidance(row: dict[str, Any], settings: Any = None, *, command: str = "feesy
     if kind in ("unknown_student", "ambiguous_student"):
         text = (f"The LMS has no single student for ERP customer \"{customer}\". Find the student in the LMS "
                 f"and map the customer to them; feesync then retries this customer's receipts.")
-        commands.append(f"{command} conflicts map --source {src} --customer \"{customer}\" --student <LMS student id>")
+        commands.append(f"{command} conflicts map --source {src} --customer \"{customer}\" --student LMS_STUDENT_ID")
     elif kind in ("ambiguous_plan", "no_active_plan", "mapping_stale", "plan_cancelled", "plan_not_created"):
         if invoices:
-            commands.append(f"{command} conflicts map --source {src} --invoice \"{invoices[0]}\" --plan <LMS plan id>")
+            commands.append(f"{command} conflicts map --source {src} --invoice \"{invoices[0]}\" --plan LMS_PLAN_ID")
         commands.append(f"{command} conflicts retry {cid}")
     elif kind in NOT_RETRYABLE or kind in BY_HAND_ONLY:
         commands.append(f"{command} conflicts resolve {cid} --note \"what you corrected in the LMS\"")

@@ -62,7 +62,7 @@ def test_printed_next_steps_name_the_program_and_config_as_the_operator_ran_them
     cid = json.loads(run("conflicts", "list", "--json").stdout)["conflicts"][0]["id"]
     shown = json.loads(run("conflicts", "show", str(cid), "--json").stdout)
     assert shown["commands"][0] == (f'{program} --config feesync.toml conflicts map --source erp '
-                                    f'--customer "Nobody Known" --student <LMS student id>')
+                                    f'--customer "Nobody Known" --student LMS_STUDENT_ID')
     assert f"$ {program} --config feesync.toml conflicts ignore {cid} --note" in run("conflicts", "show", str(cid)).stdout
     assert f"{program} --config feesync.toml status --json" in run("status").stdout
     narrow = subprocess.run([program, "--config", "feesync.toml", "status"], cwd=tmp_path, capture_output=True,

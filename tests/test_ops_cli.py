@@ -110,7 +110,7 @@ def test_map_an_invoice_to_a_plan_pushes_the_receipts_waiting_for_that_invoice(e
     assert len(waiting) == 1 and len(own) == 1
     shown = json.loads(feesync(env, "conflicts", "show", str(waiting[0]), "--json").stdout)
     # the commands carry the operator's --config, so they can be pasted as printed
-    assert (f'feesync --config {env.config} conflicts map --source erp --invoice "{NATIVE_INVOICE}" --plan <LMS plan id>'
+    assert (f'feesync --config {env.config} conflicts map --source erp --invoice "{NATIVE_INVOICE}" --plan LMS_PLAN_ID'
             in shown["commands"])
 
     plans_before = len(env.lms.plans())
@@ -198,7 +198,7 @@ def test_show_gives_the_document_what_was_sent_what_the_lms_said_and_the_next_st
         assert part in text
     ghost = ids_of(env, customer=GHOST)[0]
     shown = json.loads(feesync(env, "conflicts", "show", str(ghost), "--json").stdout)
-    assert (f'feesync --config {env.config} conflicts map --source erp --customer "{GHOST}" --student <LMS student id>'
+    assert (f'feesync --config {env.config} conflicts map --source erp --customer "{GHOST}" --student LMS_STUDENT_ID'
             in shown["commands"])
     assert "retries it by itself every 1h (attempt 0 of 3" in shown["next_step"]
     assert feesync(env, "conflicts", "show", "9999").exit_code == 2
