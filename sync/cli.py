@@ -332,8 +332,10 @@ def _drift_table(drifts: list[dict[str, Any]]) -> Table:
     """Document ids and amounts are never cut (they are what a person looks up); the student and the
     explaining conflict shrink, and the latter shows only where there is room."""
     from sync import ops
+    several = len({x.get("currency") for x in drifts}) > 1   # then every amount names its currency
     rows = [(DRIFT_LABELS.get(x["kind"], x["kind"]), x["doc_id"], str(x["student_id"] or x["customer"] or "-"),
-             str(x["plan_id"] or "-"), ops.money_display(x["erp_amount"]), ops.money_display(x["lms_amount"]),
+             str(x["plan_id"] or "-"), ops.money_display(x["erp_amount"], x.get("currency") if several else None),
+             ops.money_display(x["lms_amount"], x.get("currency") if several else None),
              ", ".join(f"#{e['id']} {e['kind']}" for e in x["explained_by"]) or "-") for x in drifts]
     width = console.width
     keep = [max(len(r[i]) for r in rows) for i in range(7)]
@@ -348,6 +350,10 @@ def _drift_table(drifts: list[dict[str, Any]]) -> Table:
     with_why = width - fixed - min(24, keep[2]) >= 16
     if with_why:
         t.add_column("explained by", no_wrap=True, overflow="ellipsis")
+    elif any(x["explained_by"] for x in drifts):
+        n = sum(1 for x in drifts if x["explained_by"])
+        t.caption = f"{n} of these are explained by open conflicts: a wider terminal or --json shows which"
+        t.caption_justify = "left"
     for r in rows:
         t.add_row(*(r if with_why else r[:6]))
     return t

@@ -214,3 +214,25 @@ def test_the_drift_table_never_cuts_document_ids_or_amounts_on_80_columns(monkey
         assert x["doc_id"] in line.split()
         for amount in (x["erp_amount"], x["lms_amount"]):
             assert ops.money_display(amount) in line.split(), (amount, line)
+
+
+def test_on_80_columns_the_hidden_explanations_are_announced_and_mixed_currencies_are_named(monkeypatch):
+    from rich.console import Console
+
+    from sync import cli as cli_mod
+    drifts = [{"kind": "missing_in_lms", "doc_id": f"ACC-PAY-2026-0000{n}", "student_id": "301", "customer": None,
+               "plan_id": "7003", "erp_amount": "100", "lms_amount": "0", "currency": cur,
+               "explained_by": [{"id": 4, "kind": "currency_mismatch"}] if n else []}
+              for n, cur in enumerate(["PKR", "USD"])]
+    monkeypatch.setenv("COLUMNS", "70")
+    narrow = Console(width=70, record=True, markup=False)
+    narrow.print(cli_mod._drift_table(drifts))
+    text = narrow.export_text()
+    assert "explained by" not in text.splitlines()[0]
+    assert "1 of these are explained by open conflicts: a wider terminal or --json shows which" in " ".join(
+        text.split())
+    assert "100 PKR" in text and "100 USD" in text
+    monkeypatch.setenv("COLUMNS", "140")
+    wide = Console(width=140, record=True, markup=False)
+    wide.print(cli_mod._drift_table(drifts))
+    assert "#4 currency_mismatch" in wide.export_text() and "a wider terminal" not in wide.export_text()
