@@ -64,6 +64,7 @@ CLOSED_BY_WRITE = {"unknown_student", "ambiguous_student", "no_active_plan", "am
                    "fractional_amount", "invalid_amount", "malformed_document", "unknown_payment_method", "overpayment",
                    "plan_cancelled", "plan_completed", "installment_closed", "mapping_stale", "validation", "rejected",
                    "plan_not_created", "unknown_batch", "no_plan_for_invoice", "unallocated_remainder",
+                   "over_allocated",
                    "schedule_mismatch", "key_collision", "internal_error", "amended_after_sync", "lms_conflict",
                    "unexpected_status"}
 

@@ -227,6 +227,12 @@ class Resolver:
         if not targets:
             targets[(str(fallback_plan()[C.PLAN_ID]), None)] = ev.amount
 
+        allocated_total = sum(targets.values(), Decimal(0))
+        if len(targets) > 1 and allocated_total > ev.amount:   # (one target gets the receipt's amount)
+            # never more money into the LMS than the ERP received, whatever a connector made of the rest
+            raise ConflictError("over_allocated", f"receipt of {_txt(ev.amount)} {ev.currency} allocates "
+                                f"{_txt(allocated_total)} across its references; correct the allocation in the "
+                                "ERP", definitive=False)
         writes: list[PlannedWrite] = []
         if len(targets) == 1:
             ((plan_id, seq), allocated), = targets.items()
@@ -236,9 +242,10 @@ class Resolver:
             use_seq = seq if seq is not None and allocated == ev.amount else None
             writes.append(self._payment(conn, ev, ev.doc_id, plan_id, use_seq, amount, method))
         else:
-            if ev.unallocated != 0:
+            if ev.unallocated != 0 or allocated_total != ev.amount:
                 raise ConflictError("unallocated_remainder",
-                                    f"receipt pays {len(targets)} targets and leaves {ev.unallocated} unallocated; "
+                                    f"receipt pays {len(targets)} targets and leaves "
+                                    f"{_txt(ev.amount - allocated_total)} unallocated; "
                                     "allocate it in the ERP", definitive=False)
             for target in sorted(targets, key=lambda t: labels[t]):
                 plan_id, seq = target
@@ -414,3 +421,8 @@ def plan_type(due_dates: list[Any]) -> str:
 
 def _int_or_str(value: str) -> int | str:
     return int(value) if value.isdigit() else value
+
+
+def _txt(amount: Decimal) -> str:
+    from sync.money import money_text
+    return money_text(amount)

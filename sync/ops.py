@@ -67,6 +67,8 @@ NEXT_STEPS = {
                           "hand, then resolve.",
     "amended_after_sync": "An amendment waits for its original's reversal to be resolved; it is pushed after that.",
     "unallocated_remainder": "Allocate the whole receipt in the ERP (or split it), then retry.",
+    "over_allocated": "The receipt's references allocate more than it received: correct the allocation in the "
+                      "ERP (the corrected version is read on the next pass), then retry.",
     "validation": "The LMS rejected the request body (see detail); correct the mapping or the ERP document, then retry.",
     "rejected": "The LMS rejected the request (see detail); fix the cause, then retry.",
     "idempotency_key_reused": "The LMS holds another request under this key; inspect both and resolve by hand.",
