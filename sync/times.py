@@ -41,6 +41,16 @@ def parse_naive_local(text: str, tz: ZoneInfo) -> datetime:
     return local.astimezone(UTC)
 
 
+def dst_margin(tz: ZoneInfo, moment: datetime) -> timedelta:
+    """How far naive local time can run backwards in this zone around `moment`'s year (the autumn
+    repeated hour; 0 where there is no DST). A read from naive local time starts this much earlier."""
+    offsets = {datetime(moment.year, m, 1, tzinfo=tz).utcoffset() for m in (1, 4, 7, 10)}
+    offsets.discard(None)
+    if len(offsets) <= 1:
+        return timedelta(0)
+    return max(offsets) - min(offsets)   # type: ignore[operator]
+
+
 def format_naive_local(moment: datetime, tz: ZoneInfo) -> str:
     """Aware datetime -> the naive local string Frappe compares `modified` against (always with fraction)."""
     return moment.astimezone(tz).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")

@@ -40,3 +40,30 @@ def test_receipt_stamped_in_the_repeated_dst_hour_is_not_skipped(sandboxes, make
     assert refs == sorted([first["name"], second["name"]]), (
         f"LMS holds {refs}: {second['name']} (naive 01:10 GMT, after {first['name']} at naive 01:50 BST) "
         "was never read, because the lookback (10m) is shorter than the DST fold (1h)")
+
+
+def test_sql_naive_local_times_in_the_autumn_repeated_hour_lose_no_receipt(tmp_path):
+    """A row written after the clocks went back carries a local time before the cursor's: the SQL connector
+    read from `cursor - lookback` in local text and never saw it (ERPNext already widened its read)."""
+    import sqlalchemy as sa
+
+    from sync.testing import harnesses as H
+    from sync.testing.conformance import Kit
+    kit = Kit(H.SQLHarness(), tmp_path)
+    try:
+        h = kit.h
+        conf = {**h.settings(page_size=50), "time_zone": "Europe/London"}
+
+        def insert(doc, at, amount, i):
+            with h.writer.begin() as c:
+                c.execute(sa.text("INSERT INTO receipts VALUES (:d,:t,:a,'PKR','2026-10-25',:s,'','',:e,'Cash','')"),
+                          {"d": doc, "t": at, "a": amount, "s": f"Student {i}", "e": f"student{i}@conformance.test"})
+        insert("R-1", "2026-10-25 01:50:00", 1000, 1)     # 00:50 UTC, summer time
+        assert kit.run(lookback="10m", connector_settings=conf).counts["pushed"] == 1
+        insert("R-2", "2026-10-25 01:10:00", 2000, 2)     # 01:10 UTC: the second 01:10 of that night
+        second = kit.run(lookback="10m", connector_settings=conf)
+        third = kit.run(lookback="10m", connector_settings=conf)
+        assert second.counts["pushed"] == 1 and third.counts.get("pushed", 0) == 0
+        assert sorted(p["amount"] for p in kit.payments()) == [1000, 2000]
+    finally:
+        kit.close()

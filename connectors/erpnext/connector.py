@@ -32,7 +32,7 @@ from sync.events import (
 )
 from sync.logs import get_logger
 from sync.money import to_decimal
-from sync.times import format_naive_local, parse_naive_local, zone
+from sync.times import dst_margin, format_naive_local, parse_naive_local, zone
 
 log = get_logger(component="erpnext")
 PE = "Payment Entry"
@@ -176,12 +176,7 @@ class ERPNextConnector:
 
     def _dst_margin(self, moment: datetime) -> timedelta:
         """How far naive local time can run backwards in this zone (0 where there is no DST)."""
-        year = moment.year
-        offsets = {datetime(year, m, 1, tzinfo=self.tz).utcoffset() for m in (1, 4, 7, 10)}
-        offsets.discard(None)
-        if len(offsets) <= 1:
-            return timedelta(0)
-        return max(offsets) - min(offsets)   # type: ignore[operator]
+        return dst_margin(self.tz, moment)
 
     # --- listing -----------------------------------------------------------------------------
     def _list_params(self, after: tuple[str, str] | None, until: datetime | None, limit: int | None = None,

@@ -65,6 +65,11 @@ class TimeCodec:
                        text_offset=timezone(offset) if offset is not None else None)
         raise ValueError(f"changed_at has type {type(sample).__name__}")
 
+    @property
+    def local_naive(self) -> bool:
+        """Values are wall-clock times of `zone` without an offset (they repeat when DST ends)."""
+        return self.kind == "naive" or (self.kind == "text" and self.text_offset is None and self.frac_digits >= 0)
+
     def sa_type(self) -> sa.types.TypeEngine[Any]:
         return {"aware": sa.DateTime(timezone=True), "naive": sa.DateTime(), "date": sa.Date(),
                 "text": sa.String(), "epoch_int": sa.BigInteger(), "epoch_float": sa.Float()}[self.kind]

@@ -37,7 +37,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,7 +61,7 @@ from sync.events import (
 from sync.logs import get_logger, redact, register_secret
 from sync.money import to_decimal
 from sync.retry import call_with_retry
-from sync.times import zone
+from sync.times import dst_margin, zone
 
 log = get_logger(component="sql")
 
@@ -229,8 +229,12 @@ class SQLConnector:
         t_at, t_id = codec.sa_type(), _keys.id_type(shape.sample_id)
         where: Any = None
         if since is not None:
-            m = sa.literal(codec.bind(since.changed_at), t_at)
-            if since.doc_id:
+            # naive local times repeat an hour each autumn: a row written after the clocks went back carries
+            # an earlier local time than the cursor, so such a read starts that much earlier (the rows read
+            # again are recognised as unchanged)
+            margin = dst_margin(codec.zone, since.changed_at) if codec.local_naive else timedelta(0)
+            m = sa.literal(codec.bind(since.changed_at - margin), t_at)
+            if since.doc_id and not margin:
                 n = sa.literal(_keys.bind_id(since.doc_id, shape.sample_id), t_id)
                 where = sa.or_(c_at > m, sa.and_(c_at == m, c_id > n))
             else:
