@@ -221,12 +221,18 @@ class Chaos:
             self.prev_page_last[doctype] = last
             self.pages_listed += 1
             pages = self.pages_listed
+        # A page that does not continue the latest one is a stale answer: a request the client gave up on
+        # (a timeout fault sleeps first, then answers) whose reader has moved on. A row inserted on its
+        # boundary would appear behind the reader by however far it read meanwhile, further than any
+        # lookback: no ERP makes such a row (a row's `modified` is its transaction's start), so only pages
+        # that continue the reader's latest one are shifted.
+        continues = prev is not None and first >= prev
         if prev is not None and first > prev and first[0] == prev[0]:
             self.fire("erp_modified_tie_across_pages")
         if doctype == PE:
             with self.lock:
                 self.listed.update(d["name"] for d in dicts)
-        if doctype == PE and len(dicts) == self.page_size and self.shift_budget > 0:
+        if doctype == PE and len(dicts) == self.page_size and self.shift_budget > 0 and continues:
             self.shift_budget -= 1
             self._shift_pages(last)
         target = self.kill_on_page_after_applied
