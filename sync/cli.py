@@ -664,6 +664,8 @@ def conflicts_map(ctx: click.Context, source: str | None, customer: str | None, 
         console.print(f"{len(d['unblocked'])} open conflict(s) it unblocks", highlight=False)
         _render_retried(d)
     _emit(result, as_json, render)
+    # as `retry`: 1 while a conflict it retried is still (or again) in conflict
+    sys.exit(EXIT_OK if result.get("resolved", 0) == len(result.get("retried") or []) else EXIT_CONFLICTS)
 
 
 @conflicts.command("export")
@@ -774,7 +776,9 @@ def check(ctx: click.Context, as_json: bool, liveness: bool = False, offline: bo
         logs.configure(settings.log_format, settings.log_level)
         problems = missing_secrets(settings) + ops.check(settings, offline=offline)   # every problem, one list
     except ConfigError as exc:
-        problems = exc.problems
+        from sync.config import raw_source_problems
+        extra = raw_source_problems(obj.get("config") or os.environ.get("FEESYNC_CONFIG"))
+        problems = exc.problems + [p for p in extra if p not in exc.problems]
     data = {"ok": not problems, "problems": [logs.redact(p) for p in problems]}
 
     def render(d: dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ class BadSecretFile(ValueError):
 
 
 def read_secret_file(path: str | Path, what: str) -> SecretStr:
-    p = Path(path)
+    p = Path(path).expanduser()
     try:
         value = p.read_text(encoding="utf-8").removeprefix("\ufeff").strip()   # an editor's byte-order mark
     except OSError as exc:
@@ -72,6 +72,13 @@ def resolve_secret_files(data: dict[str, Any], secret_fields: set[str], where: s
 def _resolve_one(out: dict[str, Any], name: str, where: str) -> None:
     file_key = f"{name}_file"
     env = f"FEESYNC_{where.replace('.', '__')}__{name}".upper()
+    value = out.get(name)
+    if value is not None and not (value.get_secret_value() if isinstance(value, SecretStr) else str(value)).strip():
+        if out.get(file_key):
+            out.pop(name)   # an empty variable next to a key file: the file's key is the one meant
+        else:
+            hint = f" ({env} is set but empty)" if env in os.environ else ""
+            raise BadSecretFile(f"{where}.{name}: is empty{hint}; set it, or remove it to use {file_key}")
     if out.get(file_key):
         if out.get(name):
             hint = f" ({env} is set in the environment)" if os.environ.get(env) else ""
@@ -80,9 +87,6 @@ def _resolve_one(out: dict[str, Any], name: str, where: str) -> None:
     else:
         out.pop(file_key, None)
     value = out.get(name)
-    if value is not None and (value.get_secret_value() if isinstance(value, SecretStr) else value) == "":
-        hint = f" ({env} is set but empty)" if os.environ.get(env, None) == "" else ""
-        raise BadSecretFile(f"{where}.{name}: is empty{hint}; set it, or remove it to use {file_key}")
     if isinstance(value, SecretStr):
         register_secret(value.get_secret_value())
         check_secret_text(value.get_secret_value(), f"{where}.{name}", header=name in HEADER_SECRETS)
@@ -475,8 +479,8 @@ def load_settings(path: str | Path | None = None, *, secrets: bool = True, **ove
 
 # the settings that name where a source reads from: two sources of one institute with the same ones read
 # the same receipts, and (with different key prefixes) would record each in the LMS twice
-ORIGIN_KEYS = ("folder", "url", "base_url", "db", "database", "organization_id", "company", "query", "view",
-               "table", "pattern")
+ORIGIN_KEYS = ("folder", "url", "base_url", "host_header", "db", "database", "organization_id", "company", "query",
+               "view", "table", "pattern")
 
 
 _LOOPBACK = {"localhost", "localhost.localdomain", "ip6-localhost", "::1", "0.0.0.0"}   # noqa: S104 - names
@@ -494,7 +498,7 @@ def _origin_of(url: str) -> str:
         return text.lower().rstrip("/")
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower().rstrip(".")
-    if host in _LOOPBACK or host.startswith("127."):
+    if host in _LOOPBACK or host == "127.0.0.1":   # names of the one loopback server (127.0.0.2 is another)
         host = "127.0.0.1"
     port = port or {"http": 80, "https": 443}.get(scheme)
     return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
@@ -533,6 +537,8 @@ def _shared_origins(settings: Settings) -> list[str]:
                     value = str(Path(value).expanduser().resolve())
                 elif key in ("url", "base_url"):
                     value = _origin_of(value)
+                elif key == "host_header":
+                    value = value.strip().lower().rstrip(".")
                 else:
                     value = value.strip().rstrip("/")
                 origin.append((key, value))
@@ -551,11 +557,63 @@ def _shared_origins(settings: Settings) -> list[str]:
 
 def build_connector_settings(name: str, src: SourceSettings, model: type[BaseModel]) -> BaseModel:
     """Validate a source's connector settings with the connector's own model (secrets resolved)."""
+    secret_fields = secret_field_names(model)
+    problems: list[str] = []
     try:
-        data = resolve_secret_files(src.settings, secret_field_names(model), f"sources.{name}.settings")
+        data = resolve_secret_files(src.settings, secret_fields, f"sources.{name}.settings")
     except BadSecretFile as exc:
-        raise ConfigError(str(exc).split("\n")) from None
+        problems = str(exc).split("\n")
+        # validate the rest too, so every problem is told at once; a field whose file failed is not
+        # "missing" a second time
+        data = {k: v for k, v in src.settings.items() if not (k.endswith("_file") and k[:-5] in secret_fields)}
     try:
-        return model.model_validate(data)
+        validated = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, f"sources.{name}.settings.")) from None
+        failed = {p.split(":")[0].removeprefix(f"sources.{name}.settings.").removesuffix("_file") for p in problems}
+        problems += [p for p in _format_validation(exc, f"sources.{name}.settings.")
+                     if not (p.split(":")[0].removeprefix(f"sources.{name}.settings.") in failed
+                             and p.endswith("Field required"))]
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return validated
+
+
+def raw_source_problems(path: str | Path | None) -> list[str]:
+    """Each source's connector settings checked straight from the TOML file, for `check` when the file as
+    a whole did not validate (so the sources' problems are listed in the same answer)."""
+    import tomllib
+
+    from sync import connector as registry
+    if not path:
+        return []
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    sections: list[tuple[str, Any]] = list((raw.get("sources") or {}).items())
+    for inst in (raw.get("institutes") or {}).values():
+        if isinstance(inst, dict):
+            sections += list((inst.get("sources") or {}).items())
+    problems: list[str] = []
+    for name, sec in sections:
+        if not isinstance(sec, dict) or not isinstance(sec.get("connector"), str) or sec.get("enabled") is False:
+            continue
+        try:
+            model = registry.load(sec["connector"]).settings_model
+        except ConfigError as exc:   # not installed, or not a connector
+            problems += [f"sources.{name}.connector: {p}" for p in exc.problems]
+            continue
+        except Exception:  # noqa: BLE001 - anything else is reported when the file validates
+            continue
+        settings = sec.get("settings") if isinstance(sec.get("settings"), dict) else {}
+        try:
+            build_connector_settings(name, _RawSource(settings), model)
+        except ConfigError as exc:
+            problems += exc.problems
+    return problems
+
+
+class _RawSource:
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings

@@ -244,3 +244,39 @@ def test_two_institutes_on_one_lms_key_are_refused(tmp_path):
     assert json.loads(out.stdout)["problems"] == [
         "institutes.south.lms: the same LMS and API key as institutes.north; one key is one LMS institute, so "
         "its sources belong in one section"]
+
+
+def test_check_lists_the_settings_and_every_sources_problems_in_one_answer(tmp_path):
+    """A bad time zone, an unreadable LMS key file, a bad interval, missing ERP key files, a missing secret
+    and an unknown connector: one `check` names them all (they used to come out in three rounds)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'state_path = "{tmp_path / "s.db"}"\n[lms]\nbase_url = "http://127.0.0.1:9"\n'
+                   f'api_key_file = "{tmp_path / "no-lms-key"}"\ntime_zone = "Mars/Olympus"\n'
+                   '[sources.zzz]\nconnector = "erpnext"\ninterval = "banana"\n[sources.zzz.settings]\n'
+                   f'url = "http://127.0.0.1:9"\napi_key_file = "{tmp_path / "no-key"}"\n'
+                   '[sources.yyy]\nconnector = "erpnext"\ninterval = "1m"\n[sources.yyy.settings]\n'
+                   f'url = "http://127.0.0.2:9"\napi_key_file = "{tmp_path / "no-key-2"}"\n'
+                   '[sources.aaa]\nconnector = "nosuchconnector"\n')
+    out = proc.run("--config", str(cfg), "check", "--offline", "--json", secrets=False)
+    assert out.returncode == 1
+    where = [p.split(":")[0] for p in json.loads(out.stdout)["problems"]]
+    assert sorted(where) == sorted([
+        "lms.api_key_file", "lms.time_zone", "sources.zzz.interval",
+        "sources.zzz.settings.api_key_file", "sources.zzz.settings.api_secret",
+        "sources.yyy.settings.api_key_file", "sources.yyy.settings.api_secret",
+        "sources.aaa.connector"]), where
+
+
+def test_two_erpnext_sites_behind_one_server_told_apart_by_host_header_are_two_erps(tmp_path, monkeypatch):
+    """Frappe serves several sites from one address, routed by Host; those are different ERPs. A key file
+    under ~ is read from the home folder, and a blank key variable beside a key file leaves the file's key."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "lms_key").write_text(scenario.LMS_KEY + "\n")
+    cfg = tmp_path / "c.toml"
+    src = ('[sources.{n}]\nconnector = "erpnext"\ninterval = "1m"\nkey_prefix = "{n}-"\n[sources.{n}.settings]\n'
+           'url = "http://127.0.0.1:8000"\nhost_header = "{n}.localhost"\napi_key = "k"\napi_secret = "s"\n')
+    cfg.write_text(f'state_path = "{tmp_path / "s.db"}"\n[lms]\nbase_url = "http://127.0.0.1:9"\n'
+                   'api_key_file = "~/lms_key"\n' + src.format(n="site1") + src.format(n="site2"))
+    out = proc.run("--config", str(cfg), "check", "--offline", "--json", secrets=False,
+                   extra_env={"HOME": str(tmp_path), "FEESYNC_LMS__API_KEY": "  "})
+    assert json.loads(out.stdout) == {"ok": True, "problems": []}, out.stdout

@@ -300,7 +300,7 @@ def test_a_retry_that_meets_another_problem_says_which_conflict_replaces_it_and_
     before = len(env.lms.payments())
     r = feesync(env, "conflicts", "map", "--customer", GHOST, "--student", str(NOPLAN_ID), "--json")
     result = json.loads(r.stdout)
-    assert result["resolved"] == 0 and len(env.lms.payments()) == before
+    assert r.exit_code == 1 and result["resolved"] == 0 and len(env.lms.payments()) == before
     new = {c["doc_id"]: c["id"] for c in ops.list_conflicts(env.app.store, kind="no_active_plan")
            if c["customer"] == GHOST}
     assert len(new) == 2
