@@ -125,7 +125,7 @@ def test_states_map_by_version(odoo, version, received, cancelled):
     kinds = {e.doc_id: type(e) for e in events}
     assert kinds == {str(i + 1): (PaymentReceived if s in received else PaymentCancelled)
                      for i, s in enumerate(states) if s != "draft"}
-    assert all(e.version.endswith("|" + states[int(e.doc_id) - 1]) for e in events)
+    assert all(e.version.split("|")[1] == states[int(e.doc_id) - 1] for e in events)
 
 
 def test_cancelling_a_payment_yields_payment_cancelled_with_a_new_version(odoo):
@@ -137,7 +137,7 @@ def test_cancelling_a_payment_yields_payment_cancelled_with_a_new_version(odoo):
     fake.cancel(1, at="2026-11-02 04:30:00")
     second = list(conn.fetch(first[0].position, Ledger({"1": first[0].version})))
     assert [type(e) for e in second] == [PaymentCancelled]
-    assert second[0].version == "2026-11-02 04:30:00|cancel" and second[0].position > first[0].position
+    assert second[0].version.startswith("2026-11-02 04:30:00|cancel|") and second[0].position > first[0].position
 
 
 def test_receipt_carries_decimal_amounts_references_email_and_aware_utc_positions(odoo):
@@ -168,13 +168,16 @@ def test_empty_values_arrive_as_false_and_are_handled(odoo):
 
 
 def test_a_row_already_decided_at_its_version_costs_no_further_reads(odoo):
-    """Seen at `write_date|state` → Unchanged; no res.partner or account.move read."""
+    """Seen at its version (`write_date|state|digest`) → Unchanged; no further res.partner or account.move read."""
     fake = odoo(_data(payments=[{"id": 1, "partner_id": 7, "amount": 1.0, "invoices": [31],
                                  "write_date": "2026-11-02 04:00:01"}]))
-    (event,) = _connector(fake).fetch(None, Ledger({"1": "2026-11-02 04:00:01|posted"}))
-    assert isinstance(event, Unchanged)
+    conn = _connector(fake)
+    (first,) = conn.fetch(None, Ledger())
+    reads = dict(fake.stats()["by_label"])
+    (event,) = conn.fetch(None, Ledger({"1": first.version}))
+    assert isinstance(event, Unchanged) and first.version.startswith("2026-11-02 04:00:01|posted|")
     labels = fake.stats()["by_label"]
-    assert "res.partner.read" not in labels and "account.move.read" not in labels
+    assert all(labels.get(k) == reads.get(k) for k in ("res.partner.read", "account.move.read")), (reads, labels)
 
 
 def test_errors_answered_with_http_200_become_our_error_classes(odoo):
@@ -230,7 +233,7 @@ def test_json2_protocol_on_odoo_19_uses_bearer_key_and_http_statuses(odoo):
 
 
 def test_snapshot_sees_an_unlinked_payment(odoo):
-    """snapshot() lists id → write_date|state in the window; an unlinked payment is simply absent."""
+    """snapshot() lists id → version in the window; an unlinked payment is simply absent."""
     fake = odoo(_data(payments=_tied(3) + [{"id": 9, "partner_id": 7, "amount": 5.0, "state": "cancel",
                                            "write_date": "2026-11-02 05:00:00"}]))
     conn = _connector(fake)
@@ -238,7 +241,7 @@ def test_snapshot_sees_an_unlinked_payment(odoo):
     fake.unlink(2)
     after = conn.snapshot(T0, T0 + timedelta(hours=2))
     assert set(before) == {"1", "2", "3", "9"} and set(after) == {"1", "3", "9"}
-    assert after["9"] == "2026-11-02 05:00:00|cancel"
+    assert after["9"].startswith("2026-11-02 05:00:00|cancel|") and after["9"] == before["9"]
     assert conn.snapshot(T0 + timedelta(minutes=30), T0 + timedelta(hours=2)) == {"9": after["9"]}
 
 
@@ -294,3 +297,21 @@ def test_engine_pushes_every_odoo_receipt_once_and_a_later_cancellation_opens_re
             assert [(r.doc_id, r.kind) for r in rows] == [("5", "reversed_in_erp")]
         finally:
             app.close()
+
+
+def test_an_edit_in_the_same_whole_second_as_the_synced_version_is_seen(tmp_path):
+    """`write_date` has whole seconds: the version `write_date|state` called such an edit unchanged, and
+    the LMS kept the old amount with no conflict."""
+    from sync.testing import harnesses as H
+    from sync.testing.conformance import Kit
+    kit = Kit(H.OdooHarness(), tmp_path)
+    try:
+        pid = int(kit.h.add_receipts(1)[0])
+        assert kit.run().counts["pushed"] == 1
+        written = kit.h.fake._store.payments[pid]["write_date"]
+        kit.h.fake.write(pid, amount=99999.0, at=written.replace(microsecond=999999))
+        second = kit.run()
+        assert kit.open_conflicts() == [(str(pid), "changed_after_sync")], (second.counts, kit.open_conflicts())
+        assert [p["amount"] for p in kit.payments()] == [1010]
+    finally:
+        kit.close()

@@ -11,8 +11,9 @@
   that spans a page boundary is skipped.
 * States by version: 16/17 `posted` → received, `cancel` → cancelled; 18/19 `in_process`/`paid`
   → received, `canceled`/`rejected` → cancelled; `draft` is never yielded. The version string
-  is `"<write_date>|<state>"`; a row the ledger already decided at that version is `Unchanged`
-  and costs nothing more.
+  is `"<write_date>|<state>|<digest of the listed fields>"` (`write_date` has whole seconds, so
+  an edit within the same second as the synced version changes only the digest); a row the
+  ledger already decided at that version is `Unchanged` and costs nothing more.
 * Partner e-mails (`res.partner`) and invoices (`account.move`: name, per-payment applied
   amount from `invoice_payments_widget`, optional LMS plan field) are read in one batch per page
   and cached for the run.
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+import hashlib
+import json
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -221,13 +224,13 @@ class OdooConnector:
         after = 0
         while True:
             rows = self.rpc.call(PAYMENT, "search_read", {
-                "domain": domain + ([("id", ">", after)] if after else []), "fields": ["id", "write_date", "state"],
+                "domain": domain + ([("id", ">", after)] if after else []), "fields": self._fields(),
                 "order": "id asc", "limit": self.settings.page_size})
             if not isinstance(rows, list):
                 raise SourceError("Odoo search_read answered something that is not a list")
             for r in rows:
                 if isinstance(r, dict) and isinstance(r.get("id"), int):
-                    out[str(r["id"])] = f"{r.get('write_date')}|{r.get('state')}"
+                    out[str(r["id"])] = _version(r)
             if len(rows) < self.settings.page_size:
                 return out
             after = rows[-1]["id"]
@@ -302,7 +305,7 @@ class OdooConnector:
             if state == "draft":
                 continue   # filtered by the query too; never trust that alone
             pos = Position(sec, _pos_id(pid))
-            version = f"{row.get('write_date')}|{state}"
+            version = _version(row)
             doc_id = str(pid)
             if ctx.seen(doc_id, version):
                 out.append(Unchanged(doc_id=doc_id, position=pos, version=version))
@@ -424,3 +427,10 @@ class OdooConnector:
         if not parts:
             return None
         return sum((to_decimal(p, field="invoice_payments_widget.amount") for p in parts), Decimal(0))
+
+
+def _version(row: dict[str, Any]) -> str:
+    """`<write_date>|<state>|<digest>`: the digest covers every listed field, so an edit in the same
+    whole second as the version the ledger holds still reads as a change."""
+    digest = hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{row.get('write_date')}|{row.get('state')}|{digest}"
