@@ -593,7 +593,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _safe_next(value: str | None) -> str:
-        if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        r"""A local path only: no other host (`//x`, `/\x`), and no control character or space, which could
+        split the Location header or be dropped by a browser (`/\t/evil` becomes `//evil`)."""
+        if (value and value.startswith("/") and not value.startswith("//") and "\\" not in value
+                and all(0x20 < ord(ch) < 0x7F for ch in value)):
             return value
         return "/"
 

@@ -295,3 +295,17 @@ def test_status_settings_read_the_token_file_redact_it_and_listen_on_loopback_on
         cfg.write_text(f'status_listen = "{bad}"\n')
         with pytest.raises(ConfigError, match="status_listen"):
             load_settings(cfg)
+
+
+@pytest.mark.parametrize("next_value", ["/x\r\nSet-Cookie: pwn=1", "/\t/evil.example", "//evil.example",
+                                        "/\\evil.example", "https://evil.example/", "/ok page"])
+def test_login_sends_a_person_back_only_to_a_plain_local_path(env, web, next_value):
+    """A crafted `next` (a link sent to an admin) split the Location header or led off-site."""
+    cookie, csrf = session(web, "/login")
+    status, headers, _ = http("POST", web.url + "/login", data={"token": ADMIN_TOKEN, "csrf": csrf, "next": next_value},
+                              headers={"Cookie": cookie, "Origin": web.url})
+    assert status == 303 and headers["Location"] == "/" and headers.get("Set-Cookie", "").find("pwn") == -1
+    status, headers, _ = http("POST", web.url + "/login", data={"token": ADMIN_TOKEN, "csrf": csrf,
+                                                               "next": "/conflicts?kind=overpayment"},
+                              headers={"Cookie": cookie, "Origin": web.url})
+    assert status == 303 and headers["Location"] == "/conflicts?kind=overpayment"
