@@ -125,6 +125,15 @@ def test_amount_strings_in_object_and_report_formats_parse_to_a_signed_credit(te
     assert _xml.credit_value(text, deemed, report=report) == Decimal(credit)
 
 
+@pytest.mark.parametrize("text", ["Dr 18000", "Cr. 500", "-(18,000.00)", "(-18,000.00)", "--500"])
+def test_an_amount_whose_side_is_said_twice_or_before_the_number_is_malformed_not_guessed(text):
+    """'Dr 18000' was read as a credit of 18000 (the prefix taken for a currency); two negatives cancelled."""
+    from sync.errors import ConflictError
+    with pytest.raises(ConflictError) as err:
+        _xml.credit_value(text, None)
+    assert err.value.kind == "malformed_document" and repr(text)[:20] in err.value.detail
+
+
 def test_a_receipt_that_debits_the_party_is_malformed(tally):
     """A party line on the debit side is not a receipt from the party; it becomes a conflict, not a payment."""
     tally.add_voucher({"type": "Receipt", "party": "Refunded", "entries": [

@@ -192,15 +192,23 @@ def parse_amount(text: str | None, *, field: str = "AMOUNT") -> Amount:
         side = m.group(1).capitalize()
         t = t[: m.start()].strip()
     negative = parens = False
+    minus_signs = 0
     for _ in range(3):   # sign, parentheses and currency symbols, in whatever order Tally put them
+        if re.match(r"(?i)(dr|cr)\b", t):   # Tally puts the side after the amount; before it, which is meant?
+            raise ConflictError("malformed_document", f"{field} {raw[:40]!r}: Dr/Cr before the amount",
+                                definitive=False)
         t = _CURRENCY.sub("", t).strip()
         if t.startswith("-"):
-            negative, t = not negative, t[1:].strip()
+            negative, t, minus_signs = not negative, t[1:].strip(), minus_signs + 1
         elif t.startswith("(") and t.endswith(")"):
             parens, t = True, t[1:-1].strip()
     value = to_decimal(t, field=field)
     if value < 0:
-        negative, value = not negative, -value
+        negative, value, minus_signs = not negative, -value, minus_signs + 1
+    if minus_signs > 1 or (minus_signs and parens):
+        # two ways of saying "negative" at once: cancelling them would guess
+        raise ConflictError("malformed_document", f"{field} {raw[:40]!r}: more than one negative sign "
+                            "(a minus and parentheses, or two minus signs)", definitive=False)
     return Amount(value, negative, parens, side)
 
 
