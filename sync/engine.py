@@ -403,7 +403,8 @@ class Engine:
         if money is not None:   # e.g. a cancellation: the money is the pushed receipt's, from the ledger
             amount, currency = money
         elif write is not None and write.get("op") == "record_payment":
-            amount = _write_amount(write) if _write_amount(write) is not None else amount   # this part only
+            part = _write_amount(write)   # this part only, of a receipt written in several
+            amount = part if part is not None else amount
         customer = getattr(event, "customer", None)
         with self.store.tx() as conn:
             if customer is None:   # a cancellation names no customer: the document it cancels does

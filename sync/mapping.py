@@ -22,7 +22,7 @@ from sync.config import MappingSettings
 from sync.errors import ConflictError
 from sync.events import MAX_DOC_ID, CreditNoteIssued, PaymentReceived, PlanCancelled, PlanIssued
 from sync.lms import LmsClient
-from sync.money import to_lms_amount
+from sync.money import money_text, to_lms_amount
 from sync.state import Store
 from sync.times import iso_with_offset, local_midnight
 
@@ -230,8 +230,8 @@ class Resolver:
         allocated_total = sum(targets.values(), Decimal(0))
         if len(targets) > 1 and allocated_total > ev.amount:   # (one target gets the receipt's amount)
             # never more money into the LMS than the ERP received, whatever a connector made of the rest
-            raise ConflictError("over_allocated", f"receipt of {_txt(ev.amount)} {ev.currency} allocates "
-                                f"{_txt(allocated_total)} across its references; correct the allocation in the "
+            raise ConflictError("over_allocated", f"receipt of {money_text(ev.amount)} {ev.currency} allocates "
+                                f"{money_text(allocated_total)} across its references; correct the allocation in the "
                                 "ERP", definitive=False)
         writes: list[PlannedWrite] = []
         if len(targets) == 1:
@@ -245,7 +245,7 @@ class Resolver:
             if ev.unallocated != 0 or allocated_total != ev.amount:
                 raise ConflictError("unallocated_remainder",
                                     f"receipt pays {len(targets)} targets and leaves "
-                                    f"{_txt(ev.amount - allocated_total)} unallocated; "
+                                    f"{money_text(ev.amount - allocated_total)} unallocated; "
                                     "allocate it in the ERP", definitive=False)
             for target in sorted(targets, key=lambda t: labels[t]):
                 plan_id, seq = target
@@ -422,7 +422,3 @@ def plan_type(due_dates: list[Any]) -> str:
 def _int_or_str(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
-
-def _txt(amount: Decimal) -> str:
-    from sync.money import money_text
-    return money_text(amount)
