@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
-from contextvars import ContextVar
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
