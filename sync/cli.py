@@ -141,6 +141,7 @@ def once(ctx: click.Context, sources: tuple[str, ...], dry_run: bool, as_json: b
     payload = {"results": [r.as_dict() for r in results], "lms_requests": requests}
     if dry_run:
         payload["planned_writes"] = [w for r in results for w in r.planned]
+        payload["would_open_conflicts"] = [c for r in results for c in r.would_open]
     _emit(payload, as_json, lambda d: _render_runs(results, dry_run, _prefix(settings)))
     if any(r.status in ("failed", "stopped", "deferred") for r in results):
         sys.exit(EXIT_FAILURE)
@@ -198,6 +199,7 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, dry
     payload = {**result.as_dict(), "window": [start.isoformat(), end.isoformat()], "cursor_name": cursor_name}
     if dry_run:
         payload["planned_writes"] = result.planned
+        payload["would_open_conflicts"] = result.would_open
     _emit(payload, as_json, lambda d: _render_runs([result], dry_run, _prefix(settings)))
     sys.exit(EXIT_FAILURE if result.status in ("failed", "stopped", "deferred")
              else EXIT_CONFLICTS if result.conflicts else EXIT_OK)
@@ -232,6 +234,11 @@ def _render_runs(results: list[Any], dry_run: bool, prefix: str | None = None) -
                           highlight=False)
         if r.conflicts and not dry_run and prefix:
             console.print(f"  next: {prefix} conflicts list", highlight=False, soft_wrap=True)
+        if dry_run and r.would_open:
+            console.print(f"  conflicts a real run would open: {len(r.would_open)}", highlight=False)
+            for c in r.would_open:
+                console.print(f"  {c['kind']}  doc {c['doc_id']}: {c['detail']}", highlight=False, markup=False,
+                              soft_wrap=True)
         if dry_run and r.planned:
             console.print(f"  writes a real run would make: {len(r.planned)}", highlight=False)
             for w in r.planned:   # one block per write: readable on an 80-column terminal, greppable

@@ -79,6 +79,7 @@ class RunResult:
     skipped: Counter[str] = field(default_factory=Counter)
     conflicts: Counter[str] = field(default_factory=Counter)
     planned: list[dict[str, Any]] = field(default_factory=list)   # dry run: the writes it would make
+    would_open: list[dict[str, Any]] = field(default_factory=list)   # dry run: the conflicts it would open
     cursor: Position | None = None
     error: str | None = None
     seconds: float = 0.0
@@ -395,6 +396,9 @@ class Engine:
                  doc_id=event.doc_id, kind=exc.kind, detail=exc.detail)
         if run.dry_run:
             run.dry_outcomes[event.doc_id] = (status, exc.kind)
+            run.result.would_open.append({"doc_id": event.doc_id, "kind": exc.kind, "detail": exc.detail,
+                                          "amount": _amount_text(getattr(event, "amount", None)),
+                                          "currency": getattr(event, "currency", None)})
             return "conflict"
         amount = getattr(event, "amount", None)
         if isinstance(event, PlanIssued):

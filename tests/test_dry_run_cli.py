@@ -84,3 +84,11 @@ def test_on_the_demo_data_the_dry_run_lists_exactly_the_real_runs_writes_and_con
                                                      {(op, key) for op, key, b in listed if "<" not in b}]
     assert len(placeholders) < len(listed)
     assert dict(dry.conflicts) == dict(real.conflicts) and real.conflicts["overpayment"] == 3
+    # and per document: the conflicts it names are the ones the real run opened
+    from sync import ops
+    store = Store.open(str(tmp_path / "state.db"), create=False)
+    try:
+        opened = sorted((c["doc_id"], c["kind"]) for c in ops.list_conflicts(store, status="all"))
+    finally:
+        store.close()
+    assert sorted((c["doc_id"], c["kind"]) for c in dry.would_open) == opened
