@@ -12,6 +12,20 @@ from sync.state import Store, documents, writes
 from tests import proc, scenario
 
 
+
+def _terminate(child, *, wait: float) -> str:
+    """SIGTERM the daemon; it must exit 0 within 10 s. Returns what it printed on stderr."""
+    sent = time.monotonic()
+    child.send_signal(signal.SIGTERM)
+    code = child.wait(timeout=wait)
+    elapsed = time.monotonic() - sent
+    err = child.stderr.read().decode()
+    child.stdout.close()
+    child.stderr.close()
+    assert code == 0, err[-2000:]
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+    return err
+
 def test_sigterm_mid_run_exits_0_within_10s_with_a_consistent_cursor(sandboxes, tmp_path):
     """SIGTERM during a slow run: exit 0 in < 10 s; the cursor passes only decided documents."""
     scn = scenario.build(n_students=20, receipts_per_student=5)
@@ -23,15 +37,7 @@ def test_sigterm_mid_run_exits_0_within_10s_with_a_consistent_cursor(sandboxes, 
     while len(lms.payments()) < 8 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(lms.payments()) >= 8, child.stderr.read().decode()[-2000:] if child.poll() is not None else ""
-    sent = time.monotonic()
-    child.send_signal(signal.SIGTERM)
-    code = child.wait(timeout=15)
-    elapsed = time.monotonic() - sent
-    err = child.stderr.read().decode()
-    child.stdout.close()
-    child.stderr.close()
-    assert code == 0, err[-2000:]
-    assert elapsed < 10, f"took {elapsed:.1f} s"
+    err = _terminate(child, wait=15)
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(e.get("event") == "daemon.stopped" for e in events)
 
@@ -80,15 +86,7 @@ def test_sigterm_while_the_rate_budget_is_spent_still_exits_within_10s(sandboxes
     time.sleep(1.5)   # the budget (29 in the minute) is spent: the client is waiting for a slot
     before = lms.stats()["requests"]
     assert 25 <= before <= 30, before
-    sent = time.monotonic()
-    child.send_signal(signal.SIGTERM)
-    code = child.wait(timeout=70)
-    elapsed = time.monotonic() - sent
-    err = child.stderr.read().decode()
-    child.stdout.close()
-    child.stderr.close()
-    assert code == 0, err[-2000:]
-    assert elapsed < 10, f"took {elapsed:.1f} s"
+    _terminate(child, wait=70)
     assert lms.stats()["requests"] == before, "nothing was sent after the stop"
 
     cfg.write_text(cfg.read_text().replace("rate_limit_per_minute = 30", "rate_limit_per_minute = 100000"))
