@@ -237,6 +237,14 @@ def _sqlite_file(url: str) -> Path:
     return Path(rest)
 
 
+def _refuse_empty_file(p: Path) -> None:
+    """Never start a new ledger in place of one that a failed copy or restore truncated."""
+    if p.is_file() and p.stat().st_size == 0:
+        raise StateError(f"state store {str(p)!r} is an empty file (0 bytes), not a store: a failed copy "
+                         "or restore? Restore the latest backup (deploy/README.md, section 4), or remove "
+                         "the file to start a new, empty store")
+
+
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         eng = create_engine(url, pool_size=8, max_overflow=8)
@@ -301,11 +309,7 @@ class Store:
         folder_hint = ""
         if url.startswith("sqlite:///"):
             p = _sqlite_file(url)
-            if p.exists() and p.is_file() and p.stat().st_size == 0:
-                # never start a new ledger in place of one that a failed copy or restore truncated
-                raise StateError(f"state store {str(p)!r} is an empty file (0 bytes), not a store: a failed copy "
-                                 "or restore? Restore the latest backup (deploy/README.md, section 4), or remove "
-                                 "the file to start a new, empty store")
+            _refuse_empty_file(p)
             if not p.exists():
                 if not create:
                     raise StateError(f"state store {str(p)!r} does not exist")
@@ -369,9 +373,7 @@ class Store:
         url = state_url(target)
         if url.startswith("sqlite:///"):
             p = _sqlite_file(url)
-            if p.is_file() and p.stat().st_size == 0:
-                raise StateError(f"state store {str(p)!r} is an empty file (0 bytes), not a store: restore the "
-                                 "latest backup, or remove the file to start a new, empty store")
+            _refuse_empty_file(p)
             p.parent.mkdir(parents=True, exist_ok=True)
         engine = _engine(url)
         try:
